@@ -150,7 +150,10 @@ mod tests {
         let a: AccountKey = nkeys::KeyPair::new_account().public_key().parse().unwrap();
         let d: DeviceId = "dev-1".parse().unwrap();
         let hb = Token::from_static("hb");
-        assert_eq!(up(&a, &d, std::slice::from_ref(&hb)), format!("wg.{a}.up.dev-1.hb"));
+        assert_eq!(
+            up(&a, &d, std::slice::from_ref(&hb)),
+            format!("wg.{a}.up.dev-1.hb")
+        );
         assert_eq!(down(&a, &d, &[hb]), format!("wg.{a}.down.dev-1.hb"));
         assert_eq!(up_all(&a, &d), format!("wg.{a}.up.dev-1.>"));
         assert_eq!(import_up(&a), format!("wg.{a}.up.>"));

@@ -1,0 +1,575 @@
+//! The `wegweiser` command line. `main.rs` calls [`main`]; everything else lives in the library.
+
+use crate::{
+    authority::{Authority, AuthorityError, NewTenant},
+    config::{Config, DEFAULT_DATA_DIR, ENV_DATA_DIR, TenantLimits},
+    init::{self, InitOptions, TlsFiles},
+    keystore,
+    nats_server::{self, NatsServerProcess},
+    tenant::TechnicianScope,
+};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+use wegweiser_shared::ids::{DeviceId, TenantId, UserKey, UserName};
+
+/// Exit code for bad usage or configuration (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+/// Exit code when a needed service is unavailable (EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
+/// Wegweiser control plane: NATS credential authority for MSP tenants.
+#[derive(Debug, Parser)]
+#[command(name = "wegweiser", version, about)]
+pub struct Cli {
+    /// Data directory (config, keystore, nats-server files).
+    #[arg(long, global = true, env = ENV_DATA_DIR, default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create keys, keystore, wegweiser.toml and a nats-server configuration (never replaces keys).
+    Init(InitArgs),
+    /// Run the control-plane service against a running nats-server.
+    Serve,
+    /// Local all-in-one: init if needed, start nats-server and the service, create a demo tenant.
+    Up(UpArgs),
+    /// Tenants (one NATS account each).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Issue user credentials.
+    #[command(subcommand)]
+    Issue(IssueCommand),
+    /// Revoke a user: its JWTs stop working and live connections are dropped at once.
+    Revoke {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: TenantId,
+        /// User public key (U…).
+        #[arg(long)]
+        user: UserKey,
+    },
+}
+
+/// `init` options.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Address nats-server listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// nats-server client port.
+    #[arg(long, default_value_t = 4222)]
+    pub port: u16,
+    /// nats-server monitoring port (HTTP, same address); omit to disable.
+    #[arg(long)]
+    pub monitor_port: Option<u16>,
+    /// Server certificate (PEM) for TLS; needs --tls-key and --tls-ca.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) clients verify the server with.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// nats-server name.
+    #[arg(long, default_value = "wegweiser")]
+    pub server_name: String,
+}
+
+/// `up` options.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// nats-server client port (used when `up` runs init).
+    #[arg(long, default_value_t = 4222)]
+    pub port: u16,
+    /// The demo tenant to create if missing.
+    #[arg(long, default_value = "demo")]
+    pub tenant: TenantId,
+}
+
+/// Tenant subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant: account with limits and scoped signing keys, pushed and verified.
+    Create {
+        /// Tenant id (lowercase slug).
+        id: TenantId,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// List tenants.
+    List,
+    /// Show one tenant.
+    Show {
+        /// Tenant id.
+        id: TenantId,
+    },
+    /// Delete a tenant: its account leaves the resolver, its connections drop, its secrets are destroyed.
+    Delete {
+        /// Tenant id.
+        id: TenantId,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Start a signing-key rotation: new keys sign from now on, old keys keep working until retired.
+    RotateKeys {
+        /// Tenant id.
+        id: TenantId,
+    },
+    /// Finish a rotation: remove the old keys once no live connection uses them.
+    RetireKeys {
+        /// Tenant id.
+        id: TenantId,
+        /// Retire even if clients still use them (they are disconnected).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Limit overrides for a new tenant.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Concurrent connections (-1 unlimited).
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_connections: Option<i64>,
+    /// Subscriptions (-1 unlimited).
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_subscriptions: Option<i64>,
+    /// Largest payload, bytes.
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_payload: Option<i64>,
+    /// JetStream disk storage in the tenant account, bytes (0 = off).
+    #[arg(long, allow_negative_numbers = true)]
+    pub jetstream_disk: Option<i64>,
+}
+
+/// Issue subcommands.
+#[derive(Debug, Subcommand)]
+pub enum IssueCommand {
+    /// A device JWT for a public key the device generated (prints the JWT).
+    Device {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: TenantId,
+        /// Device id (one token: letters, digits, '-', '_').
+        #[arg(long)]
+        device: DeviceId,
+        /// The device's user public key (U…).
+        #[arg(long)]
+        public_key: UserKey,
+        /// Lifetime in seconds (default from config).
+        #[arg(long)]
+        ttl_secs: Option<i64>,
+    },
+    /// Subscribe-only technician credentials, written to a creds file (mode 0600).
+    Technician {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: TenantId,
+        /// Technician name (one token).
+        #[arg(long)]
+        name: UserName,
+        /// A device the technician may watch (repeatable).
+        #[arg(long = "device", conflicts_with = "all_devices")]
+        devices: Vec<DeviceId>,
+        /// Every device of the tenant.
+        #[arg(long)]
+        all_devices: bool,
+        /// Lifetime in seconds (default from config).
+        #[arg(long)]
+        ttl_secs: Option<i64>,
+        /// Where to write the creds file (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let long_running = matches!(cli.command, Command::Serve | Command::Up(_));
+    let default = if long_running { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<AuthorityError>() {
+        Some(AuthorityError::Config(_)) => EXIT_USAGE,
+        Some(AuthorityError::Unreachable { .. }) => EXIT_UNAVAILABLE,
+        _ if e.downcast_ref::<crate::config::ConfigError>().is_some() => EXIT_USAGE,
+        _ if e.downcast_ref::<nats_server::NatsServerError>().is_some() => EXIT_UNAVAILABLE,
+        _ => 1,
+    }
+}
+
+fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        println!("{}", text());
+    }
+}
+
+/// Runs a parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
+    let data_dir = cli.data_dir;
+    match cli.command {
+        Command::Init(a) => {
+            let opts = InitOptions {
+                data_dir: data_dir.clone(),
+                nats_host: a.host,
+                nats_port: a.port,
+                monitor_port: a.monitor_port,
+                tls: match (a.tls_cert, a.tls_key, a.tls_ca) {
+                    (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
+                    _ => None,
+                },
+                server_name: a.server_name,
+            };
+            let report = init::run(&opts)?;
+            print(json, &report, || {
+                format!(
+                    "Initialized {}\n  created: {}\n  kept:    {}\n  operator:           {}\n  system account:     {}\n  control-plane acct: {}\n  nats-server config: {}\n\nStart nats-server with: nats-server -c {}\nThen: wegweiser --data-dir {} serve",
+                    report.data_dir.display(),
+                    if report.created.is_empty() {
+                        "-".into()
+                    } else {
+                        report.created.join(", ")
+                    },
+                    if report.kept.is_empty() {
+                        "-".into()
+                    } else {
+                        report.kept.join(", ")
+                    },
+                    report.operator,
+                    report.system_account,
+                    report.cp_account,
+                    report.nats_config.display(),
+                    report.nats_config.display(),
+                    data_dir.display(),
+                )
+            });
+            Ok(())
+        }
+        Command::Serve => serve(&data_dir).await,
+        Command::Up(a) => up(&data_dir, a, json).await,
+        Command::Tenant(t) => tenant(&data_dir, t, json).await,
+        Command::Issue(i) => issue(&data_dir, i, json).await,
+        Command::Revoke { tenant, user } => {
+            let auth = Authority::open(&data_dir).await?;
+            let at = auth.revoke(&tenant, &user).await?;
+            print(
+                json,
+                &serde_json::json!({"tenant": tenant, "user": user, "revoked_at": at}),
+                || format!("Revoked {user} in {tenant}; its connections were dropped."),
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn tenant(data_dir: &Path, cmd: TenantCommand, json: bool) -> anyhow::Result<()> {
+    let auth = Authority::open(data_dir).await?;
+    match cmd {
+        TenantCommand::Create { id, name, limits } => {
+            let mut l: TenantLimits = auth.config().tenant_defaults.clone();
+            if let Some(v) = limits.max_connections {
+                l.max_connections = v;
+            }
+            if let Some(v) = limits.max_subscriptions {
+                l.max_subscriptions = v;
+            }
+            if let Some(v) = limits.max_payload {
+                l.max_payload = v;
+            }
+            if let Some(v) = limits.jetstream_disk {
+                l.jetstream_disk = v;
+            }
+            let problems = l.problems();
+            if !problems.is_empty() {
+                return Err(AuthorityError::Config(crate::config::ConfigError::Invalid {
+                    path: "command line".into(),
+                    problems,
+                })
+                .into());
+            }
+            let r = auth
+                .create_tenant(NewTenant {
+                    id,
+                    name,
+                    limits: Some(l),
+                })
+                .await?;
+            let s = crate::authority::TenantSummary::from(&r);
+            print(json, &s, || {
+                format!("Created tenant {} (account {}).", r.id, r.account)
+            });
+        }
+        TenantCommand::List => {
+            let list: Vec<_> = auth
+                .tenants()
+                .await?
+                .iter()
+                .map(crate::authority::TenantSummary::from)
+                .collect();
+            print(json, &list, || {
+                let mut s = format!("{:<24} {:<10} {:<56} NAME", "ID", "STATE", "ACCOUNT");
+                for t in &list {
+                    s.push_str(&format!(
+                        "\n{:<24} {:<10} {:<56} {}",
+                        t.id.as_str(),
+                        format!("{:?}", t.state).to_lowercase(),
+                        t.account.as_str(),
+                        t.name
+                    ));
+                }
+                s
+            });
+        }
+        TenantCommand::Show { id } => {
+            let r = auth.tenant(&id).await?;
+            let s = crate::authority::TenantSummary::from(&r);
+            print(json, &s, || {
+                serde_json::to_string_pretty(&s).unwrap_or_default()
+            });
+        }
+        TenantCommand::Delete { id, yes } => {
+            if !yes {
+                anyhow::bail!(
+                    "deleting tenant {id} disconnects all its devices and destroys its keys; pass --yes to confirm"
+                );
+            }
+            auth.delete_tenant(&id).await?;
+            print(json, &serde_json::json!({"deleted": id}), || {
+                format!("Deleted tenant {id}.")
+            });
+        }
+        TenantCommand::RotateKeys { id } => {
+            let r = auth.rotate_signing_keys(&id).await?;
+            let s = crate::authority::TenantSummary::from(&r);
+            print(json, &s, || {
+                format!(
+                    "New signing keys for {id} are published and sign all new credentials.\nOnce devices have renewed, run: wegweiser tenant retire-keys {id}"
+                )
+            });
+        }
+        TenantCommand::RetireKeys { id, force } => {
+            let rep = auth.retire_signing_keys(&id, force).await?;
+            print(json, &rep, || {
+                format!(
+                    "Retired {} signing key(s) of {id}; {} connection(s) were still using them.",
+                    rep.retired.len(),
+                    rep.disconnected
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn issue(data_dir: &Path, cmd: IssueCommand, json: bool) -> anyhow::Result<()> {
+    let auth = Authority::open(data_dir).await?;
+    match cmd {
+        IssueCommand::Device {
+            tenant,
+            device,
+            public_key,
+            ttl_secs,
+        } => {
+            let issued = auth
+                .issue_device_jwt(&tenant, &device, &public_key, ttl_secs)
+                .await?;
+            print(json, &issued, || issued.jwt.clone());
+        }
+        IssueCommand::Technician {
+            tenant,
+            name,
+            devices,
+            all_devices,
+            ttl_secs,
+            out,
+        } => {
+            let scope = if all_devices {
+                TechnicianScope::AllDevices
+            } else {
+                TechnicianScope::Devices(devices)
+            };
+            let c = auth
+                .issue_technician_creds(&tenant, &name, &scope, ttl_secs)
+                .await?;
+            keystore::write_new_private(&out, c.creds.expose().as_bytes())?;
+            print(
+                json,
+                &serde_json::json!({"creds_file": out, "user": c.user, "expires_at": c.expires_at}),
+                || {
+                    format!(
+                        "Wrote {} (user {}, expires at {}).",
+                        out.display(),
+                        c.user,
+                        c.expires_at
+                    )
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Checks every active tenant's account on the server and re-pushes any that is missing or
+/// stale (after a server was rebuilt, say).
+pub async fn reconcile(auth: &Authority) -> anyhow::Result<usize> {
+    let mut repaired = 0;
+    for r in auth.tenants().await? {
+        if r.state != crate::tenant::TenantState::Active {
+            tracing::warn!(tenant = %r.id, state = ?r.state, "Tenant is not active; an operation on it was interrupted.");
+            continue;
+        }
+        if auth.verify_applied(&r).await.is_err() {
+            auth.update_tenant(&r.id, |_| Ok(())).await?;
+            repaired += 1;
+            tracing::info!(tenant = %r.id, "Re-pushed account JWT.");
+        }
+    }
+    Ok(repaired)
+}
+
+async fn serve(data_dir: &Path) -> anyhow::Result<()> {
+    let auth = Authority::open(data_dir).await?;
+    let repaired = reconcile(&auth).await?;
+    tracing::info!(
+        nats = %auth.config().nats_url,
+        repaired,
+        "Control plane serving."
+    );
+    shutdown_signal().await;
+    tracing::info!("Shutting down.");
+    let _ = tokio::time::timeout(Duration::from_secs(5), auth.cp_client().drain()).await;
+    Ok(())
+}
+
+async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
+    let binary = nats_server::locate()?;
+    let version = nats_server::version(&binary)?;
+    nats_server::check_min_version(&version)?;
+    if !data_dir.join(crate::config::CONFIG_FILE).exists() {
+        init::run(&InitOptions {
+            data_dir: data_dir.to_owned(),
+            nats_host: "127.0.0.1".into(),
+            nats_port: a.port,
+            monitor_port: None,
+            tls: None,
+            server_name: "wegweiser".into(),
+        })?;
+    }
+    let cfg = Config::load(data_dir)?;
+    let port = cfg
+        .nats_url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(a.port);
+    let nats_dir = std::path::absolute(data_dir.join("nats"))?;
+    let server = NatsServerProcess::start(
+        &binary,
+        &nats_dir.join("nats-server.conf"),
+        port,
+        &nats_dir.join("nats-server.log"),
+        Duration::from_secs(20),
+    )
+    .await?;
+    let auth = Authority::open(data_dir).await?;
+    reconcile(&auth).await?;
+    let tenant = match auth.tenant(&a.tenant).await {
+        Ok(t) => t,
+        Err(AuthorityError::UnknownTenant(_)) => {
+            auth.create_tenant(NewTenant {
+                id: a.tenant.clone(),
+                name: Some("Demo MSP".into()),
+                limits: None,
+            })
+            .await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let dd = data_dir.display();
+    print(
+        json,
+        &serde_json::json!({"nats_url": cfg.nats_url, "nats_server_version": version, "tenant": tenant.id, "account": tenant.account}),
+        || {
+            format!(
+                "Wegweiser is up.\n  nats-server {version} at {} (log: {})\n  demo tenant: {} (account {})\n\n\
+                 Try, in another terminal:\n  target/release/wegweiser --data-dir {dd} tenant list\n  \
+                 target/release/wegweiser --data-dir {dd} issue technician --tenant {} --name alice --all-devices --out alice.creds\n\n\
+                 Press Ctrl-C to stop.",
+                cfg.nats_url,
+                nats_dir.join("nats-server.log").display(),
+                tenant.id,
+                tenant.account,
+                tenant.id,
+            )
+        },
+    );
+    shutdown_signal().await;
+    tracing::info!("Stopping.");
+    let _ = tokio::time::timeout(Duration::from_secs(5), auth.cp_client().drain()).await;
+    server.stop().await;
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! `wegweiser init`: keys, keystore, the platform's JWTs, `wegweiser.toml` and a nats-server
+//! configuration (operator mode, full resolver with the system and control-plane accounts
+//! preloaded, JetStream, TLS when certificates are given).
+//!
+//! Running it again never replaces a key: existing keys are loaded, missing ones created, and
+//! the derived files (`nats/operator.jwt`, `nats/nats-server.conf`) rewritten from the keys.
+
+use crate::{
+    config::{CONFIG_FILE, Config},
+    identity,
+    keystore::{ENV_MASTER_KEY, Keystore, KeystoreError, SeedKind, files},
+};
+use serde::Serialize;
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+use wegweiser_shared::{ids::AccountKey, jwt::JwtError};
+
+/// What `init` needs to know.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Address nats-server listens on.
+    pub nats_host: String,
+    /// Client port.
+    pub nats_port: u16,
+    /// Monitoring (HTTP) port, if wanted (bound to `nats_host`).
+    pub monitor_port: Option<u16>,
+    /// Server certificate and key (PEM) for TLS.
+    pub tls: Option<TlsFiles>,
+    /// Server name.
+    pub server_name: String,
+}
+
+/// TLS material for nats-server.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// CA that clients verify the certificate with (PEM).
+    pub ca: PathBuf,
+}
+
+/// What `init` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct InitReport {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Files created now.
+    pub created: Vec<String>,
+    /// Key files that existed and were kept.
+    pub kept: Vec<String>,
+    /// Operator public key.
+    pub operator: String,
+    /// System account.
+    pub system_account: AccountKey,
+    /// Control-plane account.
+    pub cp_account: AccountKey,
+    /// The nats-server configuration file.
+    pub nats_config: PathBuf,
+    /// URL clients use.
+    pub nats_url: String,
+}
+
+/// Why `init` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// Keystore problem.
+    #[error(transparent)]
+    Keystore(#[from] KeystoreError),
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    Jwt(#[from] JwtError),
+    /// A TLS file is missing.
+    #[error(
+        "TLS file {0} does not exist; create dev certificates with `wegweiser certs dev` (see certs/README.md)"
+    )]
+    TlsMissing(String),
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+fn write(path: &Path, content: &str) -> Result<(), InitError> {
+    let io = |source| InitError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Runs `init`.
+pub fn run(opts: &InitOptions) -> Result<InitReport, InitError> {
+    if let Some(tls) = &opts.tls {
+        for p in [&tls.cert, &tls.key, &tls.ca] {
+            if !p.is_file() {
+                return Err(InitError::TlsMissing(p.display().to_string()));
+            }
+        }
+    }
+    let data_dir = absolute(&opts.data_dir);
+    if !data_dir.exists() {
+        std::fs::create_dir_all(&data_dir).map_err(|source| InitError::Io {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700));
+        }
+    }
+    let ks = Keystore::create(&data_dir.join("keys"))?;
+    let mut created = Vec::new();
+    let mut kept = Vec::new();
+    let mut seed = |name: &str, kind| -> Result<nkeys::KeyPair, InitError> {
+        let (kp, new) = ks.load_or_create_seed(name, kind)?;
+        if new { &mut created } else { &mut kept }.push(format!("keys/{name}"));
+        Ok(kp)
+    };
+    let operator = seed(files::OPERATOR, SeedKind::Operator)?;
+    let operator_signing = seed(files::OPERATOR_SIGNING, SeedKind::Operator)?;
+    let sys = seed(files::SYSTEM_ACCOUNT, SeedKind::Account)?;
+    let sys_signing = seed(files::SYSTEM_SIGNING, SeedKind::Account)?;
+    let cp = seed(files::CP_ACCOUNT, SeedKind::Account)?;
+    let cp_signing = seed(files::CP_SIGNING, SeedKind::Account)?;
+    if std::env::var_os(ENV_MASTER_KEY).is_none() {
+        if ks.create_master_key_file()? {
+            created.push(format!("keys/{}", files::MASTER_KEY));
+        } else {
+            kept.push(format!("keys/{}", files::MASTER_KEY));
+        }
+    } else {
+        // Validate the key from the environment now rather than at the first tenant.
+        ks.master_key(std::env::var(ENV_MASTER_KEY).ok().as_deref())?;
+    }
+    let account = |kp: &nkeys::KeyPair| -> AccountKey {
+        kp.public_key()
+            .parse()
+            .unwrap_or_else(|_| unreachable!("account seed yields an account key"))
+    };
+    let (sys_key, cp_key) = (account(&sys), account(&cp));
+    let operator_jwt = identity::operator_jwt(&operator, &operator_signing, &sys_key)?;
+    let sys_jwt = identity::system_account_jwt(&sys_key, &sys_signing, &operator_signing)?;
+    let cp_jwt = identity::cp_account_jwt(&cp_key, &cp_signing, &operator_signing)?;
+
+    let nats_dir = data_dir.join("nats");
+    let operator_path = nats_dir.join("operator.jwt");
+    write(&operator_path, &operator_jwt)?;
+    let conf_path = nats_dir.join("nats-server.conf");
+    let conf = render_nats_config(
+        opts,
+        &nats_dir,
+        &operator_path,
+        &sys_key,
+        &[(&sys_key, &sys_jwt), (&cp_key, &cp_jwt)],
+    );
+    write(&conf_path, &conf)?;
+    let scheme = if opts.tls.is_some() { "tls" } else { "nats" };
+    let nats_url = format!("{scheme}://{}:{}", opts.nats_host, opts.nats_port);
+    let cfg_path = data_dir.join(CONFIG_FILE);
+    if cfg_path.exists() {
+        kept.push(CONFIG_FILE.to_owned());
+    } else {
+        let cfg = Config::new(nats_url.clone(), opts.tls.as_ref().map(|t| absolute(&t.ca)));
+        let text = format!(
+            "# Wegweiser control plane configuration. Environment overrides: \
+             WEGWEISER_NATS_URL, WEGWEISER_NATS_CA, WEGWEISER_MASTER_KEY.\n{}",
+            toml::to_string(&cfg).unwrap_or_default()
+        );
+        write(&cfg_path, &text)?;
+        created.push(CONFIG_FILE.to_owned());
+    }
+    Ok(InitReport {
+        data_dir,
+        created,
+        kept,
+        operator: operator.public_key(),
+        system_account: sys_key,
+        cp_account: cp_key,
+        nats_config: conf_path,
+        nats_url,
+    })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+fn quoted(p: &Path) -> String {
+    serde_json::to_string(&p.display().to_string()).unwrap_or_default()
+}
+
+/// The nats-server configuration.
+fn render_nats_config(
+    opts: &InitOptions,
+    nats_dir: &Path,
+    operator_path: &Path,
+    system_account: &AccountKey,
+    preload: &[(&AccountKey, &String)],
+) -> String {
+    let mut c = String::new();
+    let _ = writeln!(
+        c,
+        "# Written by `wegweiser init` from the keystore; `wegweiser init` rewrites it.\n\
+         server_name: {}\n\
+         host: {}\n\
+         port: {}",
+        serde_json::to_string(&opts.server_name).unwrap_or_default(),
+        serde_json::to_string(&opts.nats_host).unwrap_or_default(),
+        opts.nats_port
+    );
+    if let Some(m) = opts.monitor_port {
+        let _ = writeln!(c, "http: \"{}:{m}\"", opts.nats_host);
+    }
+    let _ = writeln!(
+        c,
+        "max_payload: 1048576\n\
+         operator: {}\n\
+         system_account: {system_account}\n\
+         resolver: {{\n  type: full\n  dir: {}\n  allow_delete: true\n  interval: \"2m\"\n  timeout: \"1.9s\"\n}}\n\
+         resolver_preload: {{",
+        quoted(operator_path),
+        quoted(&nats_dir.join("jwt")),
+    );
+    for (key, jwt) in preload {
+        let _ = writeln!(c, "  {key}: {jwt}");
+    }
+    let _ = writeln!(
+        c,
+        "}}\njetstream: {{\n  store_dir: {}\n}}",
+        quoted(&nats_dir.join("jetstream"))
+    );
+    if let Some(tls) = &opts.tls {
+        let _ = writeln!(
+            c,
+            "tls: {{\n  cert_file: {}\n  key_file: {}\n  timeout: 2\n}}",
+            quoted(&absolute(&tls.cert)),
+            quoted(&absolute(&tls.key))
+        );
+    }
+    c
+}

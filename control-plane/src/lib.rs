@@ -1,0 +1,18 @@
+//! The Wegweiser control plane: a NATS credential authority for many tenants.
+//!
+//! - [`init`] creates the platform's keys, the keystore and a nats-server configuration.
+//! - [`authority::Authority`] creates and deletes tenants (one NATS account each), issues device
+//!   and technician JWTs, revokes users and rotates signing keys, with every account change
+//!   pushed to nats-server and checked as applied.
+//! - [`cli`] is the `wegweiser` command line; `main.rs` only calls it.
+#![forbid(unsafe_code)]
+
+pub mod authority;
+pub mod cli;
+pub mod config;
+pub mod identity;
+pub mod init;
+pub mod keystore;
+pub mod nats_server;
+pub mod seal;
+pub mod tenant;
