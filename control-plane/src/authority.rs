@@ -228,7 +228,33 @@ pub async fn connect_service(
             Ok(auth)
         }
     });
-    connect_with(cfg, opts.name(who.name())).await
+    let opts = opts
+        .name(who.name())
+        .event_callback(move |event| async move {
+            match event {
+                async_nats::Event::ServerError(e) => {
+                    tracing::warn!(user = who.name(), error = %e, "nats-server reported an error.");
+                }
+                async_nats::Event::SlowConsumer(sid) => {
+                    tracing::warn!(
+                        user = who.name(),
+                        sid,
+                        "Slow consumer: messages were dropped."
+                    );
+                }
+                async_nats::Event::Disconnected => {
+                    tracing::warn!(
+                        user = who.name(),
+                        "Disconnected from nats-server; reconnecting."
+                    );
+                }
+                async_nats::Event::Connected => {
+                    tracing::info!(user = who.name(), "Connected to nats-server.");
+                }
+                other => tracing::debug!(user = who.name(), event = %other, "NATS event."),
+            }
+        });
+    connect_with(cfg, opts).await
 }
 
 /// Applies the TLS settings of `cfg` and connects.

@@ -143,6 +143,9 @@ impl ServiceUser {
                     "$JS.ACK.>",
                     "$JS.FC.>",
                     subject::EXPORT_DOWN,
+                    // Replies to requests that came in through the up service import: the
+                    // server maps them to `_R_.…` subjects in this account.
+                    "_R_.>",
                 ]),
                 strings(&[subject::EXPORT_UP, "_INBOX.>"]),
                 Some(ResponsePermission {

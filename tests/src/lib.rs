@@ -1,1 +1,235 @@
-//! Test harness.
+//! End-to-end test harness: a real nats-server per test, started from the configuration
+//! `wegweiser init` writes, on free ports with a temporary data directory, killed on drop.
+//!
+//! The nats-server binary is found through `WEGWEISER_NATS_SERVER`, then `tools/bin`, then
+//! `PATH`; without one, every test fails with a message naming `scripts/install-nats-server`.
+
+use async_nats::{Client, ConnectOptions, Event};
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::mpsc;
+use wegweiser_cp::{
+    authority::Authority,
+    init::{self, InitOptions},
+    nats_server::{self, NatsServerProcess},
+};
+
+/// A running platform: data directory, nats-server, and a connected [`Authority`].
+#[derive(Debug)]
+pub struct Platform {
+    /// Temporary data directory (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The nats-server process.
+    pub server: NatsServerProcess,
+    /// The authority, connected.
+    pub auth: Authority,
+    /// Client URL.
+    pub url: String,
+}
+
+/// Options for [`Platform::start_with`].
+#[derive(Debug, Default, Clone)]
+pub struct PlatformOptions {
+    /// Monitoring port wanted.
+    pub monitor: bool,
+}
+
+impl Platform {
+    /// Initializes a data directory, boots nats-server with the written config, connects.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(PlatformOptions::default()).await
+    }
+
+    /// Like [`Platform::start`] with options.
+    pub async fn start_with(opts: PlatformOptions) -> anyhow::Result<Self> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
+        let binary = nats_server::locate()?;
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        let port = nats_server::free_port()?;
+        let monitor_port = if opts.monitor {
+            Some(nats_server::free_port()?)
+        } else {
+            None
+        };
+        let report = init::run(&InitOptions {
+            data_dir: data.clone(),
+            nats_host: "127.0.0.1".into(),
+            nats_port: port,
+            monitor_port,
+            tls: None,
+            server_name: "wegweiser-test".into(),
+        })?;
+        let server = NatsServerProcess::start(
+            &binary,
+            &report.nats_config,
+            port,
+            &data.join("nats").join("nats-server.log"),
+            Duration::from_secs(20),
+        )
+        .await?;
+        let auth = Authority::open(&data).await?;
+        Ok(Self {
+            dir,
+            server,
+            auth,
+            url: report.nats_url,
+        })
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+/// Everything a connection reported through its event callback.
+#[derive(Debug, Clone, Default)]
+pub struct Events(Arc<Mutex<Vec<Event>>>);
+
+impl Events {
+    /// A snapshot.
+    pub fn all(&self) -> Vec<Event> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Server errors (permission violations, authorization failures) as text.
+    pub fn server_errors(&self) -> Vec<String> {
+        self.all()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::ServerError(e) => Some(e.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether an authorization error was reported.
+    pub fn saw_authorization_error(&self) -> bool {
+        self.all().iter().any(|e| {
+            matches!(
+                e,
+                Event::ServerError(async_nats::ServerError::AuthorizationViolation)
+            ) || matches!(e, Event::ServerError(async_nats::ServerError::Other(s))
+                if s.to_lowercase().contains("authorization") || s.to_lowercase().contains("revoked"))
+        })
+    }
+
+    /// Waits until `pred` holds for some event, up to `timeout`.
+    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&Event) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.all().iter().any(&pred) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// The JWT a connection presents; replace it and reconnect to move to new credentials.
+#[derive(Debug, Clone)]
+pub struct SharedJwt(Arc<Mutex<String>>);
+
+impl SharedJwt {
+    /// Replaces the JWT used on the next (re)connect.
+    pub fn set(&self, jwt: String) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = jwt;
+        }
+    }
+}
+
+/// A user connection as a device or technician would make it.
+#[derive(Debug)]
+pub struct UserConn {
+    /// The client.
+    pub client: Client,
+    /// Its events.
+    pub events: Events,
+    /// The JWT it presents.
+    pub jwt: SharedJwt,
+}
+
+/// Connects with `jwt` and the key `kp`, an inbox under `_INBOX.<name>`, and an auth callback
+/// that presents whatever JWT [`SharedJwt`] holds at (re)connect time.
+pub async fn connect_user(
+    url: &str,
+    jwt: String,
+    kp: Arc<nkeys::KeyPair>,
+    name: &str,
+) -> Result<UserConn, async_nats::ConnectError> {
+    let events = Events::default();
+    let shared = SharedJwt(Arc::new(Mutex::new(jwt)));
+    let (ev, cb_jwt) = (events.clone(), shared.clone());
+    let opts = ConnectOptions::with_auth_callback(move |nonce| {
+        let kp = kp.clone();
+        let jwt = cb_jwt.0.lock().map(|g| g.clone()).unwrap_or_default();
+        async move {
+            let mut auth = async_nats::Auth::new();
+            auth.jwt = Some(jwt);
+            auth.signature = Some(
+                kp.sign(&nonce)
+                    .map_err(|e| async_nats::AuthError::new(e.to_string()))?,
+            );
+            Ok(auth)
+        }
+    })
+    .custom_inbox_prefix(wegweiser_shared::subject::inbox_prefix(name))
+    .event_callback(move |e| {
+        let ev = ev.clone();
+        async move {
+            if let Ok(mut v) = ev.0.lock() {
+                v.push(e);
+            }
+        }
+    })
+    .reconnect_delay_callback(|attempt| Duration::from_millis((attempt as u64 * 50).min(500)))
+    .connection_timeout(Duration::from_secs(5));
+    let client = opts.connect(url).await?;
+    Ok(UserConn {
+        client,
+        events,
+        jwt: shared,
+    })
+}
+
+/// Collects messages of a subscription in the background.
+pub fn collect(mut sub: async_nats::Subscriber) -> mpsc::UnboundedReceiver<async_nats::Message> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        while let Some(m) = sub.next().await {
+            if tx.send(m).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Takes every message already received.
+pub fn drain(rx: &mut mpsc::UnboundedReceiver<async_nats::Message>) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        out.push(m.subject.to_string());
+    }
+    out
+}
+
+/// Where the workspace lives (for finding binaries built by cargo).
+pub fn workspace_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
