@@ -385,6 +385,12 @@ impl Authority {
         })
     }
 
+    /// Drains and closes all three connections (pending publishes are flushed first).
+    pub async fn close(&self) {
+        let i = &self.inner;
+        let _ = tokio::join!(i.cp.drain(), i.push.drain(), i.inspect.drain());
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.inner.cfg

@@ -46,6 +46,9 @@ pub enum Command {
     Serve,
     /// Local all-in-one: init if needed, start nats-server and the service, create a demo tenant.
     Up(UpArgs),
+    /// TLS material.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Tenants (one NATS account each).
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -98,6 +101,20 @@ pub struct UpArgs {
     /// The demo tenant to create if missing.
     #[arg(long, default_value = "demo")]
     pub tenant: TenantId,
+}
+
+/// Certificate subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a development CA and server certificate (localhost, 127.0.0.1, ::1 and --name).
+    Dev {
+        /// Output directory (default: `<data-dir>/certs`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Extra DNS name or IP address for the server certificate (repeatable).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
 }
 
 /// Tenant subcommands.
@@ -205,7 +222,11 @@ pub enum IssueCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let long_running = matches!(cli.command, Command::Serve | Command::Up(_));
-    let default = if long_running { "info" } else { "warn" };
+    let default = if long_running {
+        "info,async_nats=warn"
+    } else {
+        "warn,async_nats=error"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
@@ -295,6 +316,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => serve(&data_dir).await,
+        Command::Certs(CertsCommand::Dev { out, names }) => {
+            let out = out.unwrap_or_else(|| data_dir.join("certs"));
+            let made = crate::certs::dev(&out, &names)?;
+            print(json, &made, || {
+                format!(
+                    "{} development certificates in {} (valid for {}).\n  CA (give to clients): {}\n  server: {} / {}\n\nUse them: wegweiser init --tls-cert {} --tls-key {} --tls-ca {}",
+                    if made.created {
+                        "Created"
+                    } else {
+                        "Kept existing"
+                    },
+                    out.display(),
+                    made.names.join(", "),
+                    made.ca.display(),
+                    made.cert.display(),
+                    made.key.display(),
+                    made.cert.display(),
+                    made.key.display(),
+                    made.ca.display(),
+                )
+            });
+            Ok(())
+        }
         Command::Up(a) => up(&data_dir, a, json).await,
         Command::Tenant(t) => tenant(&data_dir, t, json).await,
         Command::Issue(i) => issue(&data_dir, i, json).await,
@@ -501,7 +545,7 @@ async fn serve(data_dir: &Path) -> anyhow::Result<()> {
     );
     shutdown_signal().await;
     tracing::info!("Shutting down.");
-    let _ = tokio::time::timeout(Duration::from_secs(5), auth.cp_client().drain()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), auth.close()).await;
     Ok(())
 }
 
@@ -510,12 +554,17 @@ async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
     let version = nats_server::version(&binary)?;
     nats_server::check_min_version(&version)?;
     if !data_dir.join(crate::config::CONFIG_FILE).exists() {
+        let certs = crate::certs::dev(&data_dir.join("certs"), &[])?;
         init::run(&InitOptions {
             data_dir: data_dir.to_owned(),
             nats_host: "127.0.0.1".into(),
             nats_port: a.port,
             monitor_port: None,
-            tls: None,
+            tls: Some(TlsFiles {
+                cert: certs.cert,
+                key: certs.key,
+                ca: certs.ca,
+            }),
             server_name: "wegweiser".into(),
         })?;
     }
@@ -569,7 +618,7 @@ async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
     );
     shutdown_signal().await;
     tracing::info!("Stopping.");
-    let _ = tokio::time::timeout(Duration::from_secs(5), auth.cp_client().drain()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), auth.close()).await;
     server.stop().await;
     Ok(())
 }

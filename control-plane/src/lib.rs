@@ -4,10 +4,12 @@
 //! - [`authority::Authority`] creates and deletes tenants (one NATS account each), issues device
 //!   and technician JWTs, revokes users and rotates signing keys, with every account change
 //!   pushed to nats-server and checked as applied.
+//! - [`certs`] makes development TLS material.
 //! - [`cli`] is the `wegweiser` command line; `main.rs` only calls it.
 #![forbid(unsafe_code)]
 
 pub mod authority;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod identity;

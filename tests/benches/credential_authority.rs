@@ -14,7 +14,7 @@ use std::{
 };
 use wegweiser_cp::{authority::NewTenant, tenant::TenantSigner};
 use wegweiser_shared::ids::{DeviceId, UserKey};
-use wegweiser_tests::{Platform, connect_user};
+use wegweiser_tests::Platform;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -140,9 +140,7 @@ async fn run(quick: bool) {
             .await
             .unwrap();
         conns.push((
-            connect_user(&p.url, jwt.jwt, kp, dev.as_str())
-                .await
-                .unwrap(),
+            p.connect_user(jwt.jwt, kp, dev.as_str()).await.unwrap(),
             user,
         ));
     }

@@ -26,8 +26,10 @@ pub struct Platform {
     pub server: NatsServerProcess,
     /// The authority, connected.
     pub auth: Authority,
-    /// Client URL.
+    /// Client URL (`tls://…`).
     pub url: String,
+    /// The CA that signed the server's certificate.
+    pub ca: PathBuf,
 }
 
 /// Options for [`Platform::start_with`].
@@ -61,12 +63,17 @@ impl Platform {
         } else {
             None
         };
+        let certs = wegweiser_cp::certs::dev(&dir.path().join("certs"), &[])?;
         let report = init::run(&InitOptions {
             data_dir: data.clone(),
             nats_host: "127.0.0.1".into(),
             nats_port: port,
             monitor_port,
-            tls: None,
+            tls: Some(init::TlsFiles {
+                cert: certs.cert,
+                key: certs.key,
+                ca: certs.ca.clone(),
+            }),
             server_name: "wegweiser-test".into(),
         })?;
         let server = NatsServerProcess::start(
@@ -83,7 +90,18 @@ impl Platform {
             server,
             auth,
             url: report.nats_url,
+            ca: certs.ca,
         })
+    }
+
+    /// Connects a user (device or technician) over TLS with the platform's CA.
+    pub async fn connect_user(
+        &self,
+        jwt: String,
+        kp: Arc<nkeys::KeyPair>,
+        name: &str,
+    ) -> Result<UserConn, async_nats::ConnectError> {
+        connect_user(&self.url, Some(&self.ca), jwt, kp, name).await
     }
 
     /// The data directory.
@@ -167,6 +185,7 @@ pub struct UserConn {
 /// that presents whatever JWT [`SharedJwt`] holds at (re)connect time.
 pub async fn connect_user(
     url: &str,
+    ca: Option<&Path>,
     jwt: String,
     kp: Arc<nkeys::KeyPair>,
     name: &str,
@@ -198,6 +217,10 @@ pub async fn connect_user(
     })
     .reconnect_delay_callback(|attempt| Duration::from_millis((attempt as u64 * 50).min(500)))
     .connection_timeout(Duration::from_secs(5));
+    let opts = match ca {
+        Some(ca) => opts.add_root_certificates(ca.to_owned()).require_tls(true),
+        None => opts,
+    };
     let client = opts.connect(url).await?;
     Ok(UserConn {
         client,

@@ -9,7 +9,7 @@ use wegweiser_shared::{
     ids::{AccountKey, DeviceId, UserKey},
     subject::{self, Token},
 };
-use wegweiser_tests::{Platform, UserConn, collect, connect_user, drain};
+use wegweiser_tests::{Platform, UserConn, collect, drain};
 
 struct Device {
     id: DeviceId,
@@ -55,9 +55,7 @@ async fn tenants_and_devices_are_isolated() {
                 .issue_device_jwt(&rec.id, &dev, &user, Some(600))
                 .await
                 .unwrap();
-            let conn = connect_user(&p.url, jwt.jwt, kp, dev.as_str())
-                .await
-                .unwrap();
+            let conn = p.connect_user(jwt.jwt, kp, dev.as_str()).await.unwrap();
             devices.push(Device { id: dev, conn });
         }
         // The technician may watch device 0 only.
@@ -73,7 +71,8 @@ async fn tenants_and_devices_are_isolated() {
             .unwrap();
         let parsed = wegweiser_shared::creds::Creds::parse(creds.creds.expose()).unwrap();
         let kp = Arc::new(nkeys::KeyPair::from_seed(parsed.seed.expose()).unwrap());
-        let tech = connect_user(&p.url, parsed.jwt, kp, &format!("tech{i}"))
+        let tech = p
+            .connect_user(parsed.jwt, kp, &format!("tech{i}"))
             .await
             .unwrap();
         tenants.push(Tenant {

@@ -21,7 +21,7 @@ use wegweiser_shared::{
     subject::{self, Token},
     time,
 };
-use wegweiser_tests::{Platform, UserConn, connect_user};
+use wegweiser_tests::{Platform, UserConn};
 
 async fn tenant(p: &Platform, id: &str) -> TenantRecord {
     p.auth
@@ -47,7 +47,7 @@ async fn device(
         .issue_device_jwt(&t.id, &dev, &user, Some(600))
         .await
         .unwrap();
-    let conn = connect_user(&p.url, jwt.jwt, kp.clone(), id).await.unwrap();
+    let conn = p.connect_user(jwt.jwt, kp.clone(), id).await.unwrap();
     (conn, user, kp)
 }
 
@@ -102,7 +102,8 @@ async fn revoked_device_is_dropped_at_once_and_cannot_come_back() {
         victim.events.all()
     );
     // A fresh connection with any JWT issued before the revocation is refused.
-    let e = connect_user(&p.url, victim_jwt.jwt.clone(), victim_kp, "victim")
+    let e = p
+        .connect_user(victim_jwt.jwt.clone(), victim_kp, "victim")
         .await
         .unwrap_err();
     assert_eq!(
@@ -328,7 +329,8 @@ async fn the_server_and_our_decoder_refuse_bad_jwts() {
     let claims: Claims<UserNats> = jwt::decode(&good, time::now()).unwrap();
 
     // A valid one connects: the baseline the refusals are measured against.
-    let ok = connect_user(&p.url, good.clone(), kp.clone(), "dev1")
+    let ok = p
+        .connect_user(good.clone(), kp.clone(), "dev1")
         .await
         .unwrap();
     ok.client.flush().await.unwrap();
@@ -378,7 +380,8 @@ async fn the_server_and_our_decoder_refuse_bad_jwts() {
         ("wrong issuer", &rogue, "not trusted"),
         ("another tenant's account", &cross, "not trusted"),
     ] {
-        let e = connect_user(&p.url, token.clone(), kp.clone(), "dev1")
+        let e = p
+            .connect_user(token.clone(), kp.clone(), "dev1")
             .await
             .expect_err(what);
         assert_eq!(
@@ -504,4 +507,61 @@ async fn an_unreachable_server_is_a_clear_error() {
         .unwrap_err();
     assert!(matches!(e, AuthorityError::Unreachable { .. }), "{e}");
     assert!(e.to_string().contains("wegweiser up"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn technician_creds_load_in_async_nats_and_plaintext_is_refused() {
+    let p = Platform::start().await.unwrap();
+    let t = tenant(&p, "creds").await;
+    let c = p
+        .auth
+        .issue_technician_creds(
+            &t.id,
+            &"alice".parse().unwrap(),
+            &wegweiser_cp::tenant::TechnicianScope::AllDevices,
+            Some(600),
+        )
+        .await
+        .unwrap();
+    // async-nats parses the creds file itself (the same layout nsc writes).
+    let client = async_nats::ConnectOptions::with_credentials(c.creds.expose())
+        .unwrap()
+        .add_root_certificates(p.ca.clone())
+        .require_tls(true)
+        .custom_inbox_prefix("_INBOX.alice")
+        .connect(&p.url)
+        .await
+        .unwrap();
+    let (dev, _, _) = device(&p, &t, "watched").await;
+    let mut sub = client
+        .subscribe(subject::up_all(&t.account, &"watched".parse().unwrap()))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    dev.client
+        .publish(
+            subject::up(
+                &t.account,
+                &"watched".parse().unwrap(),
+                &[Token::from_static("hb")],
+            ),
+            "1".into(),
+        )
+        .await
+        .unwrap();
+    use futures::StreamExt;
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(m.subject.ends_with(".watched.hb"));
+    // Without TLS the server refuses the client.
+    let plain = p.url.replace("tls://", "nats://");
+    let r = async_nats::ConnectOptions::with_credentials(c.creds.expose())
+        .unwrap()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(&plain)
+        .await;
+    assert!(r.is_err(), "a plaintext connection was accepted");
 }

@@ -272,3 +272,58 @@ fn unknown_fields_are_ignored() {
     let n: UserNats = serde_json::from_value(v).unwrap();
     assert_eq!(n.kind, "user");
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever a user JWT says, signing then decoding gives it back unchanged.
+        #[test]
+        fn sign_then_verify_round_trips(
+            name in "[A-Za-z0-9_-]{1,64}",
+            ttl in 1i64..10_000_000,
+            tags in proptest::collection::vec("[a-z]{1,8}:[a-z0-9*]{1,12}", 0..8),
+            subs in proptest::option::of(-1i64..100_000),
+        ) {
+            let signer = KeyPair::new_account();
+            let user = KeyPair::new_user();
+            let mut n = UserNats::scoped();
+            n.tags = tags;
+            n.limits.subs = subs;
+            n.issuer_account = Some(KeyPair::new_account().public_key());
+            let claims = Claims::new(user.public_key(), name, n).expires_in(ttl);
+            let token = claims.clone().encode(&signer).unwrap();
+            let back: Claims<UserNats> = decode(&token, claims.iat).unwrap();
+            prop_assert_eq!(back.nats, claims.nats);
+            prop_assert_eq!(back.name, claims.name);
+            prop_assert_eq!(back.exp, claims.exp);
+            prop_assert_eq!(back.iss, signer.public_key());
+        }
+
+        /// Any single-byte change to a token makes it fail to decode (never panic, never pass).
+        #[test]
+        fn any_byte_flip_is_refused(pos in 0usize..10_000, bit in 0u8..8) {
+            let signer = KeyPair::new_account();
+            let token = Claims::new(KeyPair::new_user().public_key(), "d", UserNats::scoped())
+                .encode(&signer)
+                .unwrap();
+            let mut bytes = token.into_bytes();
+            let i = pos % bytes.len();
+            bytes[i] ^= 1 << bit;
+            if let Ok(s) = String::from_utf8(bytes) {
+                prop_assert!(decode::<UserNats>(&s, time::now()).is_err());
+            }
+        }
+
+        /// Arbitrary input never panics the decoder or the creds parser.
+        #[test]
+        fn garbage_never_panics(s in ".{0,600}") {
+            let _ = decode::<UserNats>(&s, 0);
+            let _ = decode::<AccountNats>(&s, 0);
+            let _ = crate::creds::Creds::parse(&s);
+        }
+    }
+}
