@@ -30,6 +30,11 @@ use wegweiser_shared::{
 
 /// The KV bucket of tenant records.
 pub const TENANTS_BUCKET: &str = "wg_tenants";
+/// How far into the future a revocation reaches (covers clock skew between replicas).
+pub const REVOCATION_SKEW_SECS: i64 = 120;
+/// The longest lifetime any user JWT can have (the configuration cannot allow more).
+pub const MAX_USER_JWT_TTL_SECS: i64 = crate::config::MAX_JWT_TTL_SECS;
+
 /// How long a request to nats-server may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -71,6 +76,24 @@ pub enum AuthorityError {
     /// nats-server answered, but does not hold what was pushed.
     #[error("nats-server did not apply the change: {0}")]
     NotApplied(String),
+    /// The change is stored but nats-server does not hold it yet.
+    #[error(
+        "the change to tenant {tenant} is stored, but nats-server has not applied it ({reason}); run `wegweiser tenant sync {tenant}` once nats-server is reachable"
+    )]
+    NotPushed {
+        /// The tenant.
+        tenant: TenantId,
+        /// Why.
+        reason: String,
+    },
+    /// A lifetime outside what the configuration allows.
+    #[error("lifetime {ttl} s is outside 60..={max} s (the configured maximum)")]
+    BadLifetime {
+        /// Requested.
+        ttl: i64,
+        /// Allowed maximum.
+        max: i64,
+    },
     /// Secrets do not open.
     #[error(transparent)]
     Seal(#[from] SealError),
@@ -99,6 +122,15 @@ pub enum AuthorityError {
     /// The KV store failed.
     #[error("control-plane store: {0}")]
     Store(String),
+}
+
+/// A requested lifetime, defaulting to and capped by the configured one.
+fn check_ttl(ttl: Option<i64>, max: i64) -> Result<i64, AuthorityError> {
+    match ttl {
+        None => Ok(max),
+        Some(t) if (60..=max).contains(&t) => Ok(t),
+        Some(t) => Err(AuthorityError::BadLifetime { ttl: t, max }),
+    }
 }
 
 fn store_err(e: impl std::fmt::Display) -> AuthorityError {
@@ -445,6 +477,7 @@ impl Authority {
             limits,
             signing_keys,
             revocations: BTreeMap::new(),
+            banned_users: Default::default(),
             jwt: String::new(),
             last_iat: 0,
             sealed: String::new(),
@@ -483,12 +516,25 @@ impl Authority {
         .await;
         if let Err(e) = result {
             tracing::warn!(tenant = %new.id, error = %e, "Tenant creation failed; removing what was made.");
-            let _ = self.delete_accounts(&[&record.account]).await;
-            let _ = self.inner.tenants.purge(new.id.as_str()).await;
+            let _ = self.abandon_creation(&record).await;
             return Err(e);
         }
         tracing::info!(tenant = %record.id, account = %record.account, "Tenant created.");
         Ok(record)
+    }
+
+    /// Removes a tenant whose creation never finished: its account leaves the resolver and its
+    /// record is purged.
+    pub async fn abandon_creation(&self, record: &TenantRecord) -> Result<(), AuthorityError> {
+        if record.state != TenantState::Creating {
+            return Err(AuthorityError::NotActive(record.id.clone(), record.state));
+        }
+        let _ = self.delete_accounts(&[&record.account]).await;
+        self.inner
+            .tenants
+            .purge(record.id.as_str())
+            .await
+            .map_err(store_err)
     }
 
     /// A tenant's record and its KV revision.
@@ -566,9 +612,36 @@ impl Authority {
                 Err(e) => return Err(store_err(e)),
             }
         };
-        self.push(&record.jwt).await?;
-        self.verify_applied(&record).await?;
+        self.sync_tenant(id)
+            .await
+            .map_err(|e| AuthorityError::NotPushed {
+                tenant: id.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(record)
+    }
+
+    /// Makes nats-server hold the newest account JWT in the store, and checks it does.
+    ///
+    /// A push replaces whatever the server holds, newer or not, so two updates pushed out of
+    /// order would leave the older JWT in force. Every updater therefore pushes the newest
+    /// record it can read and checks again afterwards; the last one to finish leaves the newest.
+    pub async fn sync_tenant(&self, id: &TenantId) -> Result<(), AuthorityError> {
+        let mut last = None;
+        for _ in 0..8 {
+            let current = self.tenant(id).await?;
+            if current.state != TenantState::Active {
+                return Err(AuthorityError::NotActive(id.clone(), current.state));
+            }
+            self.push(&current.jwt).await?;
+            let verified = self.verify_applied(&current).await;
+            let after = self.tenant(id).await?;
+            if after.jwt == current.jwt {
+                return verified;
+            }
+            last = Some(verified);
+        }
+        last.unwrap_or(Ok(()))
     }
 
     /// Pushes an account JWT to the resolver.
@@ -634,7 +707,7 @@ impl Authority {
         let info = info.map_err(AuthorityError::NotApplied)?;
         if info.jwt != record.jwt {
             return Err(AuthorityError::NotApplied(
-                "the server holds another JWT for the account".into(),
+                "the server holds another JWT for the account (a concurrent change?)".into(),
             ));
         }
         let cp = self.inner.keys.cp_account.as_str();
@@ -784,11 +857,12 @@ impl Authority {
         user: &UserKey,
         ttl: Option<i64>,
     ) -> Result<IssuedJwt, AuthorityError> {
+        let max = self.inner.cfg.device_jwt_ttl_secs;
+        let ttl = check_ttl(ttl, max)?;
         let (record, signer) = self.signer(tenant).await?;
-        if record.revocations.contains_key(user.as_str()) {
+        if record.banned_users.contains(user.as_str()) {
             return Err(AuthorityError::Revoked(user.clone()));
         }
-        let ttl = ttl.unwrap_or(self.inner.cfg.device_jwt_ttl_secs);
         let jwt = signer.issue_device(device, user, ttl)?;
         let exp = wegweiser_shared::jwt::decode_untimed::<wegweiser_shared::jwt::UserNats>(&jwt)?
             .exp
@@ -810,10 +884,10 @@ impl Authority {
         scope: &TechnicianScope,
         ttl: Option<i64>,
     ) -> Result<TechnicianCreds, AuthorityError> {
+        let ttl = check_ttl(ttl, self.inner.cfg.technician_jwt_ttl_secs)?;
         let (_, signer) = self.signer(tenant).await?;
         let kp = nkeys::KeyPair::new_user();
         let user: UserKey = kp.public_key().parse().map_err(store_err)?;
-        let ttl = ttl.unwrap_or(self.inner.cfg.technician_jwt_ttl_secs);
         let jwt = signer.issue_technician(name, scope, &user, ttl)?;
         let seed = SecretString::new(kp.seed().map_err(store_err)?);
         tracing::info!(tenant = %tenant, technician = %name, user = %user, "Technician credentials issued.");
@@ -827,17 +901,16 @@ impl Authority {
     /// Revokes a user: every JWT of `user` issued up to now stops working; the server drops its
     /// live connections when the account update lands. Returns the revocation time.
     pub async fn revoke(&self, tenant: &TenantId, user: &UserKey) -> Result<i64, AuthorityError> {
-        let now = time::now();
-        let max_ttl = self
-            .inner
-            .cfg
-            .device_jwt_ttl_secs
-            .max(self.inner.cfg.technician_jwt_ttl_secs);
+        // Revoke a little into the future: a JWT for this key signed concurrently by another
+        // replica (or one whose clock runs ahead) must not escape with a later `iat`.
+        let now = time::now() + REVOCATION_SKEW_SECS;
         self.update_tenant(tenant, |r| {
             r.revocations.insert(user.to_string(), now);
-            // Entries older than the longest JWT lifetime guard nothing: drop them so the
-            // account JWT stays small.
-            r.revocations.retain(|_, t| *t >= now - max_ttl);
+            r.banned_users.insert(user.to_string());
+            // No user JWT lives longer than MAX_USER_JWT_TTL_SECS: older entries guard nothing,
+            // so drop them to keep the account JWT small. The ban list is never pruned.
+            r.revocations
+                .retain(|_, t| *t >= now - REVOCATION_SKEW_SECS - MAX_USER_JWT_TTL_SECS);
             Ok(())
         })
         .await?;

@@ -75,7 +75,7 @@ pub struct InitArgs {
     /// nats-server client port.
     #[arg(long, default_value_t = 4222)]
     pub port: u16,
-    /// nats-server monitoring port (HTTP, same address); omit to disable.
+    /// nats-server monitoring port (HTTP, bound to 127.0.0.1 only); omit to disable.
     #[arg(long)]
     pub monitor_port: Option<u16>,
     /// Server certificate (PEM) for TLS; needs --tls-key and --tls-ca.
@@ -150,6 +150,11 @@ pub enum TenantCommand {
         /// Tenant id.
         id: TenantId,
     },
+    /// Push the stored account JWT again and check nats-server applied it.
+    Sync {
+        /// Tenant id.
+        id: TenantId,
+    },
     /// Finish a rotation: remove the old keys once no live connection uses them.
     RetireKeys {
         /// Tenant id.
@@ -204,7 +209,11 @@ pub enum IssueCommand {
         #[arg(long)]
         name: UserName,
         /// A device the technician may watch (repeatable).
-        #[arg(long = "device", conflicts_with = "all_devices")]
+        #[arg(
+            long = "device",
+            conflicts_with = "all_devices",
+            required_unless_present = "all_devices"
+        )]
         devices: Vec<DeviceId>,
         /// Every device of the tenant.
         #[arg(long)]
@@ -348,7 +357,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print(
                 json,
                 &serde_json::json!({"tenant": tenant, "user": user, "revoked_at": at}),
-                || format!("Revoked {user} in {tenant}; its connections were dropped."),
+                || {
+                    format!(
+                        "Revoked {user} in {tenant}; nats-server applied it and drops its live connections."
+                    )
+                },
             );
             Ok(())
         }
@@ -440,6 +453,12 @@ async fn tenant(data_dir: &Path, cmd: TenantCommand, json: bool) -> anyhow::Resu
                 )
             });
         }
+        TenantCommand::Sync { id } => {
+            auth.sync_tenant(&id).await?;
+            print(json, &serde_json::json!({"synced": id}), || {
+                format!("nats-server holds the current account of {id}.")
+            });
+        }
         TenantCommand::RetireKeys { id, force } => {
             let rep = auth.retire_signing_keys(&id, force).await?;
             print(json, &rep, || {
@@ -476,6 +495,12 @@ async fn issue(data_dir: &Path, cmd: IssueCommand, json: bool) -> anyhow::Result
             ttl_secs,
             out,
         } => {
+            if out.exists() {
+                anyhow::bail!(
+                    "{} exists; choose another --out (creds files are never overwritten)",
+                    out.display()
+                );
+            }
             let scope = if all_devices {
                 TechnicianScope::AllDevices
             } else {
@@ -522,18 +547,31 @@ async fn shutdown_signal() {
 pub async fn reconcile(auth: &Authority) -> anyhow::Result<usize> {
     let mut repaired = 0;
     for r in auth.tenants().await? {
+        if r.state == crate::tenant::TenantState::Creating
+            && r.created_at < wegweiser_shared::time::now() - ABANDONED_AFTER_SECS
+        {
+            tracing::warn!(tenant = %r.id, "Removing a tenant whose creation was interrupted.");
+            auth.abandon_creation(&r).await?;
+            continue;
+        }
         if r.state != crate::tenant::TenantState::Active {
             tracing::warn!(tenant = %r.id, state = ?r.state, "Tenant is not active; an operation on it was interrupted.");
             continue;
         }
         if auth.verify_applied(&r).await.is_err() {
-            auth.update_tenant(&r.id, |_| Ok(())).await?;
+            auth.sync_tenant(&r.id).await?;
             repaired += 1;
             tracing::info!(tenant = %r.id, "Re-pushed account JWT.");
         }
     }
     Ok(repaired)
 }
+
+/// A tenant still `creating` after this long was interrupted (a crash) and is removed.
+pub const ABANDONED_AFTER_SECS: i64 = 300;
+
+/// How often `serve` checks that nats-server holds every tenant's current account.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
 
 async fn serve(data_dir: &Path) -> anyhow::Result<()> {
     let auth = Authority::open(data_dir).await?;
@@ -543,7 +581,19 @@ async fn serve(data_dir: &Path) -> anyhow::Result<()> {
         repaired,
         "Control plane serving."
     );
+    let repairer = auth.clone();
+    let reconciler = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = reconcile(&repairer).await {
+                tracing::warn!(error = %e, "Reconciling tenant accounts failed; retrying later.");
+            }
+        }
+    });
     shutdown_signal().await;
+    reconciler.abort();
     tracing::info!("Shutting down.");
     let _ = tokio::time::timeout(Duration::from_secs(5), auth.close()).await;
     Ok(())

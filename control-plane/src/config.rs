@@ -13,6 +13,9 @@ pub const ENV_NATS_URL: &str = "WEGWEISER_NATS_URL";
 pub const ENV_NATS_CA: &str = "WEGWEISER_NATS_CA";
 /// The config file's name inside the data directory.
 pub const CONFIG_FILE: &str = "wegweiser.toml";
+/// The longest user JWT lifetime the configuration may allow (30 days).
+pub const MAX_JWT_TTL_SECS: i64 = 30 * 24 * 3600;
+
 /// The default data directory (relative to the working directory) for local runs.
 pub const DEFAULT_DATA_DIR: &str = ".wegweiser";
 
@@ -205,7 +208,7 @@ impl Config {
             ("device_jwt_ttl_secs", self.device_jwt_ttl_secs),
             ("technician_jwt_ttl_secs", self.technician_jwt_ttl_secs),
         ] {
-            if !(60..=30 * 24 * 3600).contains(&v) {
+            if !(60..=MAX_JWT_TTL_SECS).contains(&v) {
                 p.push(format!(
                     "{name} must be between 60 and 2592000 seconds, not {v}"
                 ));

@@ -17,6 +17,16 @@ use std::{
 };
 use wegweiser_shared::{ids::AccountKey, jwt::JwtError};
 
+/// The seed files of a keystore, in creation order.
+const SEEDS: [(&str, SeedKind); 6] = [
+    (files::OPERATOR, SeedKind::Operator),
+    (files::OPERATOR_SIGNING, SeedKind::Operator),
+    (files::SYSTEM_ACCOUNT, SeedKind::Account),
+    (files::SYSTEM_SIGNING, SeedKind::Account),
+    (files::CP_ACCOUNT, SeedKind::Account),
+    (files::CP_SIGNING, SeedKind::Account),
+];
+
 /// What `init` needs to know.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
@@ -26,7 +36,7 @@ pub struct InitOptions {
     pub nats_host: String,
     /// Client port.
     pub nats_port: u16,
-    /// Monitoring (HTTP) port, if wanted (bound to `nats_host`).
+    /// Monitoring (HTTP) port, if wanted (always bound to 127.0.0.1: it is unauthenticated).
     pub monitor_port: Option<u16>,
     /// Server certificate and key (PEM) for TLS.
     pub tls: Option<TlsFiles>,
@@ -81,6 +91,19 @@ pub enum InitError {
         "TLS file {0} does not exist; create dev certificates with `wegweiser certs dev` (see certs/README.md)"
     )]
     TlsMissing(String),
+    /// The listen address is not a host name or IP address.
+    #[error("--host {0:?} is not a host name or IP address")]
+    BadHost(String),
+    /// Some keys exist and others do not.
+    #[error(
+        "{dir} lacks {missing} while other keys exist; restore them from your backup (new keys would orphan every tenant and sealed secret)"
+    )]
+    PartialKeystore {
+        /// The keystore.
+        dir: String,
+        /// What is missing.
+        missing: String,
+    },
     /// A file could not be written.
     #[error("cannot write {path}: {source}")]
     Io {
@@ -106,6 +129,14 @@ fn write(path: &Path, content: &str) -> Result<(), InitError> {
 
 /// Runs `init`.
 pub fn run(opts: &InitOptions) -> Result<InitReport, InitError> {
+    if opts.nats_host.is_empty()
+        || !opts
+            .nats_host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+    {
+        return Err(InitError::BadHost(opts.nats_host.clone()));
+    }
     if let Some(tls) = &opts.tls {
         for p in [&tls.cert, &tls.key, &tls.ca] {
             if !p.is_file() {
@@ -128,18 +159,43 @@ pub fn run(opts: &InitOptions) -> Result<InitReport, InitError> {
     let ks = Keystore::create(&data_dir.join("keys"))?;
     let mut created = Vec::new();
     let mut kept = Vec::new();
+    let nats_dir = data_dir.join("nats");
+    let operator_path = nats_dir.join("operator.jwt");
+    let from_env = std::env::var_os(ENV_MASTER_KEY).is_some();
+    // All keys or none: a new key beside existing ones would orphan every tenant (a new
+    // operator or control-plane account) or every sealed secret (a new master key).
+    let mut set: Vec<&str> = SEEDS.iter().map(|(n, _)| *n).collect();
+    if !from_env {
+        set.push(files::MASTER_KEY);
+    }
+    let missing: Vec<&str> = set
+        .iter()
+        .copied()
+        .filter(|n| !ks.dir().join(n).exists())
+        .collect();
+    let operator_offline = missing == [files::OPERATOR] && operator_path.exists();
+    if !missing.is_empty() && missing.len() != set.len() && !operator_offline {
+        return Err(InitError::PartialKeystore {
+            dir: ks.dir().display().to_string(),
+            missing: missing.join(", "),
+        });
+    }
     let mut seed = |name: &str, kind| -> Result<nkeys::KeyPair, InitError> {
         let (kp, new) = ks.load_or_create_seed(name, kind)?;
         if new { &mut created } else { &mut kept }.push(format!("keys/{name}"));
         Ok(kp)
     };
-    let operator = seed(files::OPERATOR, SeedKind::Operator)?;
+    let operator = if operator_offline {
+        None
+    } else {
+        Some(seed(files::OPERATOR, SeedKind::Operator)?)
+    };
     let operator_signing = seed(files::OPERATOR_SIGNING, SeedKind::Operator)?;
     let sys = seed(files::SYSTEM_ACCOUNT, SeedKind::Account)?;
     let sys_signing = seed(files::SYSTEM_SIGNING, SeedKind::Account)?;
     let cp = seed(files::CP_ACCOUNT, SeedKind::Account)?;
     let cp_signing = seed(files::CP_SIGNING, SeedKind::Account)?;
-    if std::env::var_os(ENV_MASTER_KEY).is_none() {
+    if !from_env {
         if ks.create_master_key_file()? {
             created.push(format!("keys/{}", files::MASTER_KEY));
         } else {
@@ -155,12 +211,37 @@ pub fn run(opts: &InitOptions) -> Result<InitReport, InitError> {
             .unwrap_or_else(|_| unreachable!("account seed yields an account key"))
     };
     let (sys_key, cp_key) = (account(&sys), account(&cp));
-    let operator_jwt = identity::operator_jwt(&operator, &operator_signing, &sys_key)?;
+    let (operator_key, operator_jwt) = match &operator {
+        Some(op) => (
+            op.public_key(),
+            identity::operator_jwt(op, &operator_signing, &sys_key)?,
+        ),
+        None => {
+            // The operator identity key is kept offline: keep the operator JWT it signed.
+            let jwt = std::fs::read_to_string(&operator_path).map_err(|source| InitError::Io {
+                path: operator_path.display().to_string(),
+                source,
+            })?;
+            let claims = wegweiser_shared::jwt::decode_untimed::<
+                wegweiser_shared::jwt::OperatorNats,
+            >(jwt.trim())?;
+            if !claims
+                .nats
+                .signing_keys
+                .contains(&operator_signing.public_key())
+            {
+                return Err(InitError::PartialKeystore {
+                    dir: operator_path.display().to_string(),
+                    missing: "the operator signing key this operator JWT lists".into(),
+                });
+            }
+            kept.push("nats/operator.jwt (operator key offline)".into());
+            (claims.sub, jwt.trim().to_owned())
+        }
+    };
     let sys_jwt = identity::system_account_jwt(&sys_key, &sys_signing, &operator_signing)?;
     let cp_jwt = identity::cp_account_jwt(&cp_key, &cp_signing, &operator_signing)?;
 
-    let nats_dir = data_dir.join("nats");
-    let operator_path = nats_dir.join("operator.jwt");
     write(&operator_path, &operator_jwt)?;
     let conf_path = nats_dir.join("nats-server.conf");
     let conf = render_nats_config(
@@ -190,7 +271,7 @@ pub fn run(opts: &InitOptions) -> Result<InitReport, InitError> {
         data_dir,
         created,
         kept,
-        operator: operator.public_key(),
+        operator: operator_key,
         system_account: sys_key,
         cp_account: cp_key,
         nats_config: conf_path,
@@ -226,7 +307,8 @@ fn render_nats_config(
         opts.nats_port
     );
     if let Some(m) = opts.monitor_port {
-        let _ = writeln!(c, "http: \"{}:{m}\"", opts.nats_host);
+        // Monitoring is unauthenticated and lists every tenant's connections: loopback only.
+        let _ = writeln!(c, "http: \"127.0.0.1:{m}\"");
     }
     let _ = writeln!(
         c,

@@ -71,11 +71,10 @@ impl Role {
                     deny: s(&[">"]),
                 },
                 subscribe: Permission {
-                    allow: s(&[
-                        subject::template::TECHNICIAN_SUB_UP,
-                        subject::template::OWN_INBOX,
-                    ]),
-                    deny: s(&[subject::EXPORT_DOWN]),
+                    // No inbox: technicians cannot publish, so they never make requests, and an
+                    // inbox named after them could collide with a device's.
+                    allow: s(&[subject::template::TECHNICIAN_SUB_UP]),
+                    deny: s(&[subject::EXPORT_DOWN, "_INBOX.>"]),
                 },
                 subs: Some(TECHNICIAN_MAX_SUBS),
                 data: Some(UNLIMITED),
@@ -129,9 +128,13 @@ pub struct TenantRecord {
     pub limits: TenantLimits,
     /// Scoped signing keys (active and retiring).
     pub signing_keys: Vec<SigningKeyRecord>,
-    /// Revoked user keys → revocation time.
+    /// Revoked user keys → revocation time (what the account JWT carries; pruned once no JWT
+    /// issued before it can still be valid).
     #[serde(default)]
     pub revocations: BTreeMap<String, i64>,
+    /// User keys that are never issued a JWT again (not pruned).
+    #[serde(default)]
+    pub banned_users: std::collections::BTreeSet<String>,
     /// The latest account JWT (what the server must hold).
     pub jwt: String,
     /// `iat` of that JWT; the next one gets a strictly larger one.
@@ -416,6 +419,7 @@ mod tests {
                 },
             ],
             revocations: BTreeMap::new(),
+            banned_users: Default::default(),
             jwt: String::new(),
             last_iat: 0,
             sealed: String::new(),

@@ -255,3 +255,40 @@ async fn the_written_config_boots_the_pinned_server_and_the_cli_manages_tenants(
     assert!(stderr(&o).contains("unknown tenant"), "{}", stderr(&o));
     server.stop().await;
 }
+
+#[test]
+fn init_refuses_a_partial_keystore_but_accepts_an_offline_operator_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    assert!(wegweiser(&data, &["init"]).status.success());
+    let operator_jwt = std::fs::read_to_string(data.join("nats/operator.jwt")).unwrap();
+    // The operator identity key moved offline: init keeps the operator JWT it signed.
+    let offline = tmp.path().join("operator.nk");
+    std::fs::rename(data.join("keys/operator.nk"), &offline).unwrap();
+    let o = wegweiser(&data, &["init"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(data.join("nats/operator.jwt")).unwrap(),
+        operator_jwt
+    );
+    assert!(
+        !data.join("keys/operator.nk").exists(),
+        "init recreated the offline key"
+    );
+    // A missing account key is never silently replaced.
+    std::fs::rename(&offline, data.join("keys/operator.nk")).unwrap();
+    std::fs::remove_file(data.join("keys/cp-account.nk")).unwrap();
+    let o = wegweiser(&data, &["init"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cp-account.nk"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("restore"), "{}", stderr(&o));
+    assert!(!data.join("keys/cp-account.nk").exists());
+    // A bad listen address is refused before anything is written.
+    let o = wegweiser(
+        &tmp.path().join("e"),
+        &["init", "--host", "127.0.0.1\nport: 1"],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not a host name"), "{}", stderr(&o));
+    assert!(!tmp.path().join("e").exists());
+}

@@ -135,7 +135,7 @@ pub mod template {
     pub const DEVICE_PUB: &str = "wg.{{account-subject()}}.up.{{name()}}.>";
     /// Device: receive only its own down subjects.
     pub const DEVICE_SUB_DOWN: &str = "wg.{{account-subject()}}.down.{{name()}}.>";
-    /// Device and technician: their own inbox only.
+    /// Device: its own inbox only.
     pub const OWN_INBOX: &str = "_INBOX.{{name()}}.>";
     /// Technician: watch the up subjects of the devices named in its `device:` tags.
     pub const TECHNICIAN_SUB_UP: &str = "wg.{{account-subject()}}.up.{{tag(device)}}.>";

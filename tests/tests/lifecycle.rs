@@ -488,6 +488,20 @@ async fn tenants_are_unique_deleted_completely_and_errors_are_clear() {
     }
     assert!(rec.last_iat >= again.last_iat + 8);
     p.auth.verify_applied(&rec).await.unwrap();
+    // Revoked keys stay banned from issuance even when their JWT revocation is pruned.
+    assert_eq!(rec.banned_users.len(), users.len());
+    // Lifetimes beyond the configured maximum are refused.
+    let e = p
+        .auth
+        .issue_device_jwt(
+            &again.id,
+            &"d2".parse().unwrap(),
+            &nkeys::KeyPair::new_user().public_key().parse().unwrap(),
+            Some(365 * 86_400),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AuthorityError::BadLifetime { .. }), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
