@@ -6,7 +6,7 @@ use wegweiser_shared::{
     ids::AccountKey,
     jwt::{
         AccountNats, Claims, Export, ExportType, JetStreamLimits, JwtError, OperatorLimits,
-        OperatorNats, Permission, ResponsePermission, SigningKey, UNLIMITED, UserNats,
+        OperatorNats, Permission, Permissions, ResponsePermission, SigningKey, UNLIMITED, UserNats,
         UserPermissionLimits,
     },
     subject,
@@ -165,15 +165,17 @@ impl ServiceUser {
             ),
         };
         UserPermissionLimits {
-            publish: Permission {
-                allow: publish,
-                deny: Vec::new(),
+            permissions: Permissions {
+                publish: Permission {
+                    allow: publish,
+                    deny: Vec::new(),
+                },
+                subscribe: Permission {
+                    allow: subscribe,
+                    deny: Vec::new(),
+                },
+                resp,
             },
-            subscribe: Permission {
-                allow: subscribe,
-                deny: Vec::new(),
-            },
-            resp,
             subs: Some(UNLIMITED),
             data: Some(UNLIMITED),
             payload: Some(UNLIMITED),

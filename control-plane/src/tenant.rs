@@ -9,7 +9,8 @@ use wegweiser_shared::{
     ids::{AccountKey, DeviceId, TenantId, UserKey, UserName},
     jwt::{
         AccountNats, Claims, ExportType, Import, JetStreamLimits, JwtError, OperatorLimits,
-        Permission, ScopeKind, SigningKey, UNLIMITED, UserNats, UserPermissionLimits, UserScope,
+        Permission, Permissions, ScopeKind, SigningKey, UNLIMITED, UserNats, UserPermissionLimits,
+        UserScope,
     },
     subject,
 };
@@ -49,16 +50,19 @@ impl Role {
         let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
         match self {
             Self::Device => UserPermissionLimits {
-                publish: Permission {
-                    allow: s(&[subject::template::DEVICE_PUB]),
-                    deny: Vec::new(),
-                },
-                subscribe: Permission {
-                    allow: s(&[
-                        subject::template::DEVICE_SUB_DOWN,
-                        subject::template::OWN_INBOX,
-                    ]),
-                    deny: Vec::new(),
+                permissions: Permissions {
+                    publish: Permission {
+                        allow: s(&[subject::template::DEVICE_PUB]),
+                        deny: Vec::new(),
+                    },
+                    subscribe: Permission {
+                        allow: s(&[
+                            subject::template::DEVICE_SUB_DOWN,
+                            subject::template::OWN_INBOX,
+                        ]),
+                        deny: Vec::new(),
+                    },
+                    resp: None,
                 },
                 subs: Some(DEVICE_MAX_SUBS),
                 data: Some(UNLIMITED),
@@ -66,15 +70,18 @@ impl Role {
                 ..Default::default()
             },
             Self::Technician => UserPermissionLimits {
-                publish: Permission {
-                    allow: Vec::new(),
-                    deny: s(&[">"]),
-                },
-                subscribe: Permission {
-                    // No inbox: technicians cannot publish, so they never make requests, and an
-                    // inbox named after them could collide with a device's.
-                    allow: s(&[subject::template::TECHNICIAN_SUB_UP]),
-                    deny: s(&[subject::EXPORT_DOWN, "_INBOX.>"]),
+                permissions: Permissions {
+                    publish: Permission {
+                        allow: Vec::new(),
+                        deny: s(&[">"]),
+                    },
+                    subscribe: Permission {
+                        // No inbox: technicians cannot publish, so they never make requests, and an
+                        // inbox named after them could collide with a device's.
+                        allow: s(&[subject::template::TECHNICIAN_SUB_UP]),
+                        deny: s(&[subject::EXPORT_DOWN, "_INBOX.>"]),
+                    },
+                    resp: None,
                 },
                 subs: Some(TECHNICIAN_MAX_SUBS),
                 data: Some(UNLIMITED),

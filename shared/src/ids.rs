@@ -71,26 +71,18 @@ fn check_token(what: &'static str, s: &str, max: usize) -> Result<(), IdError> {
     Ok(())
 }
 
-macro_rules! token_id {
-    ($(#[$doc:meta])* $name:ident, $what:literal, $max:expr, $check:expr) => {
+/// The impls every string newtype here shares; `FromStr` (the check) is written per type.
+macro_rules! string_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
         impl $name {
-            /// The id as a string (always one plain NATS subject token).
+            /// The value as a string.
             pub fn as_str(&self) -> &str {
                 &self.0
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = IdError;
-            fn from_str(s: &str) -> Result<Self, IdError> {
-                let check: fn(&'static str, &str) -> Result<(), IdError> = $check;
-                check($what, s)?;
-                Ok(Self(s.to_owned()))
             }
         }
 
@@ -109,7 +101,22 @@ macro_rules! token_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
+            }
+        }
+    };
+}
+
+macro_rules! token_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $max:expr, $check:expr) => {
+        string_newtype!($(#[$doc])* $name);
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                let check: fn(&'static str, &str) -> Result<(), IdError> = $check;
+                check($what, s)?;
+                Ok(Self(s.to_owned()))
             }
         }
 
@@ -167,17 +174,7 @@ impl DeviceId {
 
 macro_rules! public_key {
     ($(#[$doc:meta])* $name:ident, $what:literal, $prefix:literal) => {
-        $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
-
-        impl $name {
-            /// The encoded public key.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
+        string_newtype!($(#[$doc])* $name);
 
         impl FromStr for $name {
             type Err = IdError;
@@ -187,25 +184,6 @@ macro_rules! public_key {
                     return Err(bad);
                 }
                 Ok(Self(s.to_owned()))
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = IdError;
-            fn try_from(s: String) -> Result<Self, IdError> {
-                s.parse()
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(k: $name) -> String {
-                k.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
             }
         }
 

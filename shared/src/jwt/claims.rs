@@ -108,15 +108,9 @@ pub struct TimeRange {
 /// otherwise); [`UserPermissionLimits::is_empty`] tells.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserPermissionLimits {
-    /// Publish permission.
-    #[serde(rename = "pub", default, skip_serializing_if = "Permission::is_empty")]
-    pub publish: Permission,
-    /// Subscribe permission.
-    #[serde(rename = "sub", default, skip_serializing_if = "Permission::is_empty")]
-    pub subscribe: Permission,
-    /// Response permission.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resp: Option<ResponsePermission>,
+    /// Publish, subscribe and response permissions.
+    #[serde(flatten)]
+    pub permissions: Permissions,
     /// Source networks (CIDR) allowed to connect.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub src: Vec<String>,
