@@ -7,6 +7,7 @@
 //! - [`subject`]: the only place NATS subjects and permission templates are built.
 //! - [`jwt`]: NATS JWT v2 claims (operator, account, user, activation, generic), signing and
 //!   verification up to a trusted operator.
+//! - [`enroll`]: enrollment and renewal messages.
 //! - [`creds`]: the armoured `.creds` file layout that nsc writes and NATS clients load.
 //! - [`secret`]: secret strings that never print and are wiped on drop.
 //!
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod creds;
+pub mod enroll;
 pub mod ids;
 pub mod jwt;
 pub mod secret;

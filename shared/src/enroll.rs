@@ -1,0 +1,182 @@
+//! Enrollment (HTTPS) and credential renewal (NATS) messages.
+//!
+//! Readers ignore unknown fields, so either side can add optional fields without breaking the
+//! other. Every string a device sends is bounded; see [`DeviceFacts::problems`].
+
+use crate::ids::{AccountKey, DeviceId, TenantId, UserKey};
+use serde::{Deserialize, Serialize};
+
+/// Path of the enrollment endpoint.
+pub const ENROLL_PATH: &str = "/v1/enroll";
+/// Largest enrollment request body accepted.
+pub const MAX_ENROLL_BODY: usize = 16 * 1024;
+/// Largest renewal request accepted.
+pub const MAX_RENEW_BODY: usize = 4 * 1024;
+/// Subject token of renewal requests: `wg.<account>.up.<device>.renew`.
+pub const RENEW_TOKEN: &str = "renew";
+/// Prefix of enrollment tokens (so leaked tokens are recognisable by secret scanners).
+pub const TOKEN_PREFIX: &str = "wgt_";
+
+/// What the device tells about itself at enrollment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceFacts {
+    /// Host name.
+    pub hostname: String,
+    /// Operating system family (`linux`, `windows`, …).
+    pub os: String,
+    /// OS name and version, free text.
+    #[serde(default)]
+    pub os_version: String,
+    /// CPU architecture.
+    #[serde(default)]
+    pub arch: String,
+    /// Stable machine id (`/etc/machine-id`, the Windows MachineGuid).
+    pub machine_id: String,
+    /// Agent version.
+    #[serde(default)]
+    pub agent_version: String,
+}
+
+impl DeviceFacts {
+    /// Every problem with these facts (empty or oversized fields, control characters).
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (name, value, required, max) in [
+            ("hostname", &self.hostname, true, 253),
+            ("os", &self.os, true, 32),
+            ("os_version", &self.os_version, false, 256),
+            ("arch", &self.arch, false, 32),
+            ("machine_id", &self.machine_id, true, 128),
+            ("agent_version", &self.agent_version, false, 64),
+        ] {
+            if required && value.trim().is_empty() {
+                p.push(format!("facts.{name} is empty"));
+            }
+            if value.len() > max {
+                p.push(format!("facts.{name} is longer than {max} bytes"));
+            }
+            if value.chars().any(char::is_control) {
+                p.push(format!("facts.{name} contains control characters"));
+            }
+        }
+        p
+    }
+}
+
+/// `POST /v1/enroll` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The enrollment token (secret; never logged).
+    pub token: String,
+    /// The user public key the device generated.
+    pub public_key: UserKey,
+    /// Facts about the device.
+    pub facts: DeviceFacts,
+}
+
+/// `POST /v1/enroll` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    /// The device's id (its JWT name and subject token).
+    pub device_id: DeviceId,
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The tenant's NATS account.
+    pub account: AccountKey,
+    /// The device's user JWT.
+    pub jwt: String,
+    /// When it expires (unix seconds).
+    pub jwt_expires_at: i64,
+    /// NATS URLs to connect to.
+    pub nats_urls: Vec<String>,
+    /// CA certificate (PEM) to verify nats-server with.
+    pub nats_ca_pem: String,
+    /// Whether this machine was enrolled before (same tenant and machine id).
+    #[serde(default)]
+    pub reenrolled: bool,
+    /// Trust material for signed commands (root and keyset), when available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<serde_json::Value>,
+}
+
+/// A JSON error body: a stable code and a message that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable machine-readable code.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// Renewal request, sent on `wg.<account>.up.<device>.renew`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// A new public key to move to (device key rotation), with its proof.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_key: Option<NewKey>,
+}
+
+/// A new device key and the proof that the device holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewKey {
+    /// The new user public key.
+    pub public_key: UserKey,
+    /// base64url signature by the new key over [`new_key_proof_message`].
+    pub proof: String,
+}
+
+/// What a new device key signs to prove possession: binds device, old and new key.
+pub fn new_key_proof_message(device: &DeviceId, old_key: &str, new_key: &UserKey) -> Vec<u8> {
+    format!("wegweiser/renew/v1\n{device}\n{old_key}\n{new_key}").into_bytes()
+}
+
+/// Renewal answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum RenewResponse {
+    /// A fresh JWT.
+    Ok {
+        /// The JWT.
+        jwt: String,
+        /// Its expiry.
+        expires_at: i64,
+    },
+    /// Refused.
+    Refused(ErrorBody),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_are_bounded() {
+        let mut f = DeviceFacts {
+            hostname: "h".into(),
+            os: "linux".into(),
+            os_version: String::new(),
+            arch: "x86_64".into(),
+            machine_id: "abc".into(),
+            agent_version: "0.1.0".into(),
+        };
+        assert!(f.problems().is_empty());
+        f.hostname = "x".repeat(300);
+        f.machine_id = String::new();
+        f.os = "li\nnux".into();
+        assert_eq!(f.problems().len(), 3, "{:?}", f.problems());
+    }
+
+    #[test]
+    fn renew_response_is_tagged() {
+        let r = RenewResponse::Refused(ErrorBody {
+            code: "revoked".into(),
+            message: "m".into(),
+        });
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["status"], "refused");
+        assert_eq!(v["code"], "revoked");
+        let back: RenewResponse =
+            serde_json::from_str(r#"{"status":"ok","jwt":"j","expires_at":5,"extra":1}"#).unwrap();
+        assert!(matches!(back, RenewResponse::Ok { expires_at: 5, .. }));
+    }
+}
