@@ -30,6 +30,37 @@ use wegweiser_shared::{
 
 /// The KV bucket of tenant records.
 pub const TENANTS_BUCKET: &str = "wg_tenants";
+/// The KV bucket of enrollment tokens (keyed by hash).
+pub const TOKENS_BUCKET: &str = "wg_tokens";
+/// The KV bucket of device records (`<tenant>.<device>`).
+pub const DEVICES_BUCKET: &str = "wg_devices";
+/// The KV bucket indexing devices by machine id (`<tenant>.<hash of machine id>`).
+pub const MACHINES_BUCKET: &str = "wg_machines";
+/// The KV bucket of enrollment failures and blocks per address.
+pub const BLOCKS_BUCKET: &str = "wg_blocks";
+
+/// Opens a KV bucket, creating it if needed.
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    history: i64,
+    replicas: usize,
+) -> Result<kv::Store, AuthorityError> {
+    if let Ok(s) = js.get_key_value(name).await {
+        return Ok(s);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.into(),
+        description: description.into(),
+        history,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(store_err)
+}
 /// How far into the future a revocation reaches (covers clock skew between replicas).
 pub const REVOCATION_SKEW_SECS: i64 = 120;
 /// The longest lifetime any user JWT can have (the configuration cannot allow more).
@@ -87,7 +118,7 @@ pub enum AuthorityError {
         reason: String,
     },
     /// A lifetime outside what the configuration allows.
-    #[error("lifetime {ttl} s is outside 60..={max} s (the configured maximum)")]
+    #[error("lifetime {ttl} s is outside 10..={max} s (the configured maximum)")]
     BadLifetime {
         /// Requested.
         ttl: i64,
@@ -128,16 +159,16 @@ pub enum AuthorityError {
 fn check_ttl(ttl: Option<i64>, max: i64) -> Result<i64, AuthorityError> {
     match ttl {
         None => Ok(max),
-        Some(t) if (60..=max).contains(&t) => Ok(t),
+        Some(t) if (crate::config::MIN_JWT_TTL_SECS..=max).contains(&t) => Ok(t),
         Some(t) => Err(AuthorityError::BadLifetime { ttl: t, max }),
     }
 }
 
-fn store_err(e: impl std::fmt::Display) -> AuthorityError {
+pub(crate) fn store_err(e: impl std::fmt::Display) -> AuthorityError {
     AuthorityError::Store(e.to_string())
 }
 
-fn nats_err(e: impl std::fmt::Display) -> AuthorityError {
+pub(crate) fn nats_err(e: impl std::fmt::Display) -> AuthorityError {
     AuthorityError::Nats(e.to_string())
 }
 
@@ -222,18 +253,26 @@ pub struct RetireReport {
 /// The control plane's view of the NATS server(s): three least-privilege connections.
 #[derive(Debug, Clone)]
 pub struct Authority {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    cfg: Config,
-    keys: Arc<PlatformKeys>,
-    master: MasterKey,
-    cp: async_nats::Client,
+pub(crate) struct Inner {
+    pub(crate) cfg: Config,
+    pub(crate) keys: Arc<PlatformKeys>,
+    pub(crate) master: MasterKey,
+    pub(crate) cp: async_nats::Client,
     push: async_nats::Client,
     inspect: async_nats::Client,
-    tenants: kv::Store,
+    pub(crate) tenants: kv::Store,
+    pub(crate) tokens: kv::Store,
+    pub(crate) devices: kv::Store,
+    pub(crate) machines: kv::Store,
+    pub(crate) blocks: kv::Store,
+    pub(crate) audit: crate::audit::Audit,
+    pub(crate) signers: std::sync::Mutex<std::collections::HashMap<TenantId, (u64, Arc<TenantSigner>)>>,
+    pub(crate) accounts: std::sync::Mutex<std::collections::HashMap<AccountKey, TenantId>>,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 /// Connects to NATS as one of the service users. The JWT is minted on every (re)connect from a
@@ -390,20 +429,13 @@ impl Authority {
             connect_service(&cfg, keys.clone(), ServiceUser::Inspect),
         )?;
         let js = jetstream::new(cp.clone());
-        let tenants = match js.get_key_value(TENANTS_BUCKET).await {
-            Ok(s) => s,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: TENANTS_BUCKET.into(),
-                    description: "Wegweiser tenant records (secrets sealed)".into(),
-                    history: 8,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: cfg.kv_replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(store_err)?,
-        };
+        let replicas = cfg.kv_replicas;
+        let tenants = bucket(&js, TENANTS_BUCKET, "Tenant records (secrets sealed)", 8, replicas).await?;
+        let tokens = bucket(&js, TOKENS_BUCKET, "Enrollment tokens (hashes only)", 4, replicas).await?;
+        let devices = bucket(&js, DEVICES_BUCKET, "Device records", 4, replicas).await?;
+        let machines = bucket(&js, MACHINES_BUCKET, "Machine id to device index", 1, replicas).await?;
+        let blocks = bucket(&js, BLOCKS_BUCKET, "Enrollment failures and IP blocks", 1, replicas).await?;
+        let audit = crate::audit::Audit::open(&js, replicas).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -413,6 +445,14 @@ impl Authority {
                 push,
                 inspect,
                 tenants,
+                tokens,
+                devices,
+                machines,
+                blocks,
+                audit,
+                signers: Default::default(),
+                accounts: Default::default(),
+                metrics: Default::default(),
             }),
         })
     }
@@ -421,6 +461,21 @@ impl Authority {
     pub async fn close(&self) {
         let i = &self.inner;
         let _ = tokio::join!(i.cp.drain(), i.push.drain(), i.inspect.drain());
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// The enrollment gate's shared state.
+    pub fn blocks_store(&self) -> &kv::Store {
+        &self.inner.blocks
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> &crate::audit::Audit {
+        &self.inner.audit
     }
 
     /// The configuration.
@@ -840,12 +895,23 @@ impl Authority {
     pub async fn signer(
         &self,
         id: &TenantId,
-    ) -> Result<(TenantRecord, TenantSigner), AuthorityError> {
-        let record = self.tenant(id).await?;
+    ) -> Result<(TenantRecord, Arc<TenantSigner>), AuthorityError> {
+        let (record, rev) = self.tenant_entry(id).await?;
         if record.state != TenantState::Active {
             return Err(AuthorityError::NotActive(id.clone(), record.state));
         }
-        let signer = TenantSigner::open(&record, &self.inner.master)?;
+        // Opening the sealed seeds costs more than signing: keep the signer of the record's
+        // current revision (a rotation or any other change gives a new revision).
+        if let Ok(cache) = self.inner.signers.lock()
+            && let Some((r, signer)) = cache.get(id)
+            && *r == rev
+        {
+            return Ok((record, signer.clone()));
+        }
+        let signer = Arc::new(TenantSigner::open(&record, &self.inner.master)?);
+        if let Ok(mut cache) = self.inner.signers.lock() {
+            cache.insert(id.clone(), (rev, signer.clone()));
+        }
         Ok((record, signer))
     }
 

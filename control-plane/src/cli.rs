@@ -55,6 +55,12 @@ pub enum Command {
     /// Issue user credentials.
     #[command(subcommand)]
     Issue(IssueCommand),
+    /// Enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// Revoke a user: its JWTs stop working and live connections are dropped at once.
     Revoke {
         /// Tenant id.
@@ -90,6 +96,9 @@ pub struct InitArgs {
     /// nats-server name.
     #[arg(long, default_value = "wegweiser")]
     pub server_name: String,
+    /// Port of the control plane's HTTPS server (needs the TLS options; same certificate).
+    #[arg(long, default_value_t = 8443)]
+    pub http_port: u16,
 }
 
 /// `up` options.
@@ -98,9 +107,79 @@ pub struct UpArgs {
     /// nats-server client port (used when `up` runs init).
     #[arg(long, default_value_t = 4222)]
     pub port: u16,
+    /// HTTPS port of the control plane (used when `up` runs init).
+    #[arg(long, default_value_t = 8443)]
+    pub http_port: u16,
     /// The demo tenant to create if missing.
     #[arg(long, default_value = "demo")]
     pub tenant: TenantId,
+}
+
+/// Token subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an enrollment token (shown once; only its hash is stored).
+    Create {
+        /// Tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// Organization enrolled devices belong to.
+        #[arg(long)]
+        organization: Option<String>,
+        /// Group enrolled devices belong to.
+        #[arg(long)]
+        group: Option<String>,
+        /// Lifetime in seconds (default from config: 24 h).
+        #[arg(long)]
+        expires_in_secs: Option<i64>,
+        /// How many devices may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        max_uses: u32,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List a tenant's tokens and the devices each enrolled.
+    List {
+        /// Tenant.
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// Tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// Token id (12 characters, from `token list`).
+        id: String,
+    },
+}
+
+/// Device subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// List a tenant's devices.
+    List {
+        /// Tenant.
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// Show one device.
+    Show {
+        /// Tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// Device id.
+        device: DeviceId,
+    },
+    /// Revoke a device: disconnected at once, renewals refused, a new token needed to come back.
+    Revoke {
+        /// Tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// Device id.
+        device: DeviceId,
+    },
 }
 
 /// Certificate subcommands.
@@ -298,6 +377,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     _ => None,
                 },
                 server_name: a.server_name,
+                http_port: Some(a.http_port),
             };
             let report = init::run(&opts)?;
             print(json, &report, || {
@@ -350,6 +430,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Up(a) => up(&data_dir, a, json).await,
         Command::Tenant(t) => tenant(&data_dir, t, json).await,
+        Command::Token(t) => token(&data_dir, t, json).await,
+        Command::Device(d) => device(&data_dir, d, json).await,
         Command::Issue(i) => issue(&data_dir, i, json).await,
         Command::Revoke { tenant, user } => {
             let auth = Authority::open(&data_dir).await?;
@@ -473,6 +555,130 @@ async fn tenant(data_dir: &Path, cmd: TenantCommand, json: bool) -> anyhow::Resu
     Ok(())
 }
 
+/// The command that enrolls an agent on this machine with `token`.
+pub fn enroll_command(auth: &Authority, token: &str) -> Option<String> {
+    let http = auth.config().http.as_ref()?;
+    let ca = http
+        .tls_cert
+        .parent()
+        .map(|d| d.join(crate::certs::files::CA))
+        .filter(|p| p.exists());
+    Some(match ca {
+        Some(ca) => format!(
+            "wegweiser-agent enroll --url {} --token {token} --ca-file {}",
+            http.public_url,
+            ca.display()
+        ),
+        None => format!("wegweiser-agent enroll --url {} --token {token}", http.public_url),
+    })
+}
+
+async fn token(data_dir: &Path, cmd: TokenCommand, json: bool) -> anyhow::Result<()> {
+    let auth = Authority::open(data_dir).await?;
+    match cmd {
+        TokenCommand::Create {
+            tenant,
+            organization,
+            group,
+            expires_in_secs,
+            max_uses,
+            label,
+        } => {
+            let (secret, rec) = auth
+                .create_token(crate::enrollment::NewToken {
+                    tenant,
+                    organization,
+                    group,
+                    ttl_secs: expires_in_secs,
+                    max_uses: Some(max_uses),
+                    label,
+                })
+                .await?;
+            let cmd = enroll_command(&auth, secret.expose());
+            print(
+                json,
+                &serde_json::json!({"token": secret.expose(), "record": rec, "enroll_command": cmd}),
+                || {
+                    format!(
+                        "Token {} for tenant {} ({} use(s), expires at {}). It is shown only now:\n  {}\n{}",
+                        rec.id,
+                        rec.tenant,
+                        rec.max_uses,
+                        rec.expires_at,
+                        secret.expose(),
+                        cmd.map(|c| format!("\nEnroll an agent with:\n  {c}")).unwrap_or_default()
+                    )
+                },
+            );
+        }
+        TokenCommand::List { tenant } => {
+            let list: Vec<_> = auth.tokens(&tenant).await?.into_iter().map(|(_, r)| r).collect();
+            print(json, &list, || {
+                let mut s = format!("{:<14} {:>4}/{:<4} {:<12} {:<10} DEVICES", "ID", "USED", "MAX", "EXPIRES", "STATE");
+                let now = wegweiser_shared::time::now();
+                for t in &list {
+                    let state = if t.revoked_at.is_some() {
+                        "revoked"
+                    } else if t.expires_at <= now {
+                        "expired"
+                    } else if t.uses >= t.max_uses {
+                        "used"
+                    } else {
+                        "valid"
+                    };
+                    let devices: Vec<_> = t.devices.iter().map(|d| d.as_str()).collect();
+                    s.push_str(&format!(
+                        "\n{:<14} {:>4}/{:<4} {:<12} {:<10} {}",
+                        t.id, t.uses, t.max_uses, t.expires_at, state, devices.join(",")
+                    ));
+                }
+                s
+            });
+        }
+        TokenCommand::Revoke { tenant, id } => {
+            let r = auth.revoke_token(&tenant, &id).await?;
+            print(json, &r, || format!("Revoked token {}.", r.id));
+        }
+    }
+    Ok(())
+}
+
+async fn device(data_dir: &Path, cmd: DeviceCommand, json: bool) -> anyhow::Result<()> {
+    let auth = Authority::open(data_dir).await?;
+    match cmd {
+        DeviceCommand::List { tenant } => {
+            let list = auth.devices(&tenant).await?;
+            print(json, &list, || {
+                let mut s = format!("{:<28} {:<8} {:<24} {:<8} ENROLLED-BY", "DEVICE", "STATE", "HOSTNAME", "OS");
+                for d in &list {
+                    s.push_str(&format!(
+                        "\n{:<28} {:<8} {:<24} {:<8} {}",
+                        d.id.as_str(),
+                        format!("{:?}", d.state).to_lowercase(),
+                        d.facts.hostname,
+                        d.facts.os,
+                        d.enrolled_by
+                    ));
+                }
+                s
+            });
+        }
+        DeviceCommand::Show { tenant, device } => {
+            let Some((d, _)) = auth.device_entry(&tenant, &device).await? else {
+                anyhow::bail!("no device {device} in tenant {tenant}; `wegweiser device list --tenant {tenant}` shows them");
+            };
+            print(json, &d, || serde_json::to_string_pretty(&d).unwrap_or_default());
+        }
+        DeviceCommand::Revoke { tenant, device } => {
+            let d = auth.revoke_device(&tenant, &device).await?;
+            print(json, &d, || {
+                format!("Revoked device {device}: disconnected, renewals refused; it needs a new token to come back.")
+            });
+        }
+    }
+    Ok(())
+}
+
 async fn issue(data_dir: &Path, cmd: IssueCommand, json: bool) -> anyhow::Result<()> {
     let auth = Authority::open(data_dir).await?;
     match cmd {
@@ -576,13 +782,62 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
 async fn serve(data_dir: &Path) -> anyhow::Result<()> {
     let auth = Authority::open(data_dir).await?;
     let repaired = reconcile(&auth).await?;
+    let tasks = start_service(&auth).await?;
     tracing::info!(
         nats = %auth.config().nats_url,
         repaired,
         "Control plane serving."
     );
+    shutdown_signal().await;
+    tracing::info!("Shutting down.");
+    stop_service(tasks).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), auth.close()).await;
+    Ok(())
+}
+
+/// The running parts of the service, stopped by [`stop_service`].
+#[derive(Debug)]
+pub struct ServiceTasks {
+    stop: tokio::sync::watch::Sender<bool>,
+    http: Option<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the renewal responder, the HTTPS server (when configured) and the reconciler.
+pub async fn start_service(auth: &Authority) -> anyhow::Result<ServiceTasks> {
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut http_task = None;
+    let a = auth.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = crate::service::run_renewals(a).await {
+            tracing::error!(error = %e, "The renewal responder stopped.");
+        }
+    }));
+    if let Some(http) = auth.config().http.clone() {
+        let state = crate::http::AppState {
+            auth: auth.clone(),
+            gate: std::sync::Arc::new(crate::blocker::IpBlocker::new(
+                auth.config().enrollment.clone(),
+                auth.blocks_store().clone(),
+            )),
+        };
+        let mut rx = rx.clone();
+        // Bind now so a port conflict is an error of `serve`, not a log line.
+        let probe = std::net::TcpListener::bind(http.listen)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", http.listen))?;
+        drop(probe);
+        http_task = Some(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::http::serve(state, &http, shutdown).await {
+                tracing::error!(error = %e, "The HTTPS server stopped.");
+            }
+        }));
+    }
     let repairer = auth.clone();
-    let reconciler = tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
         tick.tick().await;
         loop {
@@ -591,12 +846,23 @@ async fn serve(data_dir: &Path) -> anyhow::Result<()> {
                 tracing::warn!(error = %e, "Reconciling tenant accounts failed; retrying later.");
             }
         }
-    });
-    shutdown_signal().await;
-    reconciler.abort();
-    tracing::info!("Shutting down.");
-    let _ = tokio::time::timeout(Duration::from_secs(5), auth.close()).await;
-    Ok(())
+    }));
+    Ok(ServiceTasks {
+        stop,
+        http: http_task,
+        tasks,
+    })
+}
+
+/// Stops what [`start_service`] started (HTTPS drains for up to 5 s).
+pub async fn stop_service(t: ServiceTasks) {
+    let _ = t.stop.send(true);
+    if let Some(http) = t.http {
+        let _ = tokio::time::timeout(Duration::from_secs(6), http).await;
+    }
+    for task in t.tasks {
+        task.abort();
+    }
 }
 
 async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
@@ -616,6 +882,7 @@ async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
                 ca: certs.ca,
             }),
             server_name: "wegweiser".into(),
+            http_port: Some(a.http_port),
         })?;
     }
     let cfg = Config::load(data_dir)?;
@@ -648,18 +915,33 @@ async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
+    let tasks = start_service(&auth).await?;
+    let (token, _) = auth
+        .create_token(crate::enrollment::NewToken {
+            tenant: tenant.id.clone(),
+            organization: None,
+            group: None,
+            ttl_secs: Some(3600),
+            max_uses: Some(1),
+            label: "wegweiser up".into(),
+        })
+        .await?;
+    let enroll = enroll_command(&auth, token.expose()).unwrap_or_default();
     let dd = data_dir.display();
     print(
         json,
-        &serde_json::json!({"nats_url": cfg.nats_url, "nats_server_version": version, "tenant": tenant.id, "account": tenant.account}),
+        &serde_json::json!({"nats_url": cfg.nats_url, "nats_server_version": version, "tenant": tenant.id, "account": tenant.account, "https": cfg.http.as_ref().map(|h| h.public_url.clone()), "enroll_command": enroll}),
         || {
             format!(
-                "Wegweiser is up.\n  nats-server {version} at {} (log: {})\n  demo tenant: {} (account {})\n\n\
-                 Try, in another terminal:\n  target/release/wegweiser --data-dir {dd} tenant list\n  \
-                 target/release/wegweiser --data-dir {dd} issue technician --tenant {} --name alice --all-devices --out alice.creds\n\n\
+                "Wegweiser is up.\n  nats-server {version} at {} (log: {})\n  control plane: {}\n  demo tenant: {} (account {})\n\n\
+                 Enroll an agent on this machine (one-time token, valid 1 h), in another terminal:\n  \
+                 cargo build --release -p wegweiser-agent && target/release/{enroll} --state-dir {dd}/agent\n  \
+                 target/release/wegweiser-agent run --state-dir {dd}/agent\n\n\
+                 Then: target/release/wegweiser --data-dir {dd} device list --tenant {}\n\n\
                  Press Ctrl-C to stop.",
                 cfg.nats_url,
                 nats_dir.join("nats-server.log").display(),
+                cfg.http.as_ref().map(|h| h.public_url.as_str()).unwrap_or("(no HTTPS configured)"),
                 tenant.id,
                 tenant.account,
                 tenant.id,
@@ -668,6 +950,7 @@ async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
     );
     shutdown_signal().await;
     tracing::info!("Stopping.");
+    stop_service(tasks).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), auth.close()).await;
     server.stop().await;
     Ok(())

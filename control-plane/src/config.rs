@@ -13,6 +13,8 @@ pub const ENV_NATS_URL: &str = "WEGWEISER_NATS_URL";
 pub const ENV_NATS_CA: &str = "WEGWEISER_NATS_CA";
 /// The config file's name inside the data directory.
 pub const CONFIG_FILE: &str = "wegweiser.toml";
+/// The shortest user JWT lifetime the configuration may set (10 s: for tests of renewal).
+pub const MIN_JWT_TTL_SECS: i64 = 10;
 /// The longest user JWT lifetime the configuration may allow (30 days).
 pub const MAX_JWT_TTL_SECS: i64 = 30 * 24 * 3600;
 
@@ -89,6 +91,66 @@ pub struct Config {
     /// Limits of new tenants.
     #[serde(default)]
     pub tenant_defaults: TenantLimits,
+    /// NATS URLs handed to devices at enrollment (default: `nats_url`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_nats_urls: Vec<String>,
+    /// The HTTPS server (enrollment, health, metrics); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpConfig>,
+    /// Enrollment policy: token defaults, rate limits, blocking, allow and deny lists.
+    #[serde(default)]
+    pub enrollment: EnrollmentConfig,
+}
+
+/// `[http]`: the control plane's HTTPS server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on, e.g. `127.0.0.1:8443`.
+    pub listen: std::net::SocketAddr,
+    /// Server certificate chain (PEM).
+    pub tls_cert: PathBuf,
+    /// Server private key (PEM).
+    pub tls_key: PathBuf,
+    /// The URL agents and technicians use to reach this server.
+    pub public_url: String,
+}
+
+/// `[enrollment]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollmentConfig {
+    /// Default lifetime of a new enrollment token, seconds.
+    pub token_ttl_secs: i64,
+    /// Requests per minute one address may make to the enrollment endpoint.
+    pub rate_per_minute: u32,
+    /// Requests one address may make in a burst.
+    pub burst: u32,
+    /// Failed enrollments from one address, within `failure_window_secs`, that block it.
+    pub max_failures: u32,
+    /// Window in which failures are counted, seconds.
+    pub failure_window_secs: i64,
+    /// How long a block lasts, seconds.
+    pub block_secs: i64,
+    /// Addresses or networks never rate-limited or blocked.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Addresses or networks always refused.
+    pub deny: Vec<ipnet::IpNet>,
+}
+
+impl Default for EnrollmentConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl_secs: 24 * 3600,
+            rate_per_minute: 120,
+            burst: 30,
+            max_failures: 10,
+            failure_window_secs: 600,
+            block_secs: 900,
+            allow: Vec::new(),
+            deny: Vec::new(),
+        }
+    }
 }
 
 fn default_device_ttl() -> i64 {
@@ -146,6 +208,18 @@ impl Config {
             technician_jwt_ttl_secs: default_technician_ttl(),
             kv_replicas: 1,
             tenant_defaults: TenantLimits::default(),
+            device_nats_urls: Vec::new(),
+            http: None,
+            enrollment: EnrollmentConfig::default(),
+        }
+    }
+
+    /// The NATS URLs devices get.
+    pub fn device_urls(&self) -> Vec<String> {
+        if self.device_nats_urls.is_empty() {
+            self.nats_url.split(',').map(|u| u.trim().to_owned()).collect()
+        } else {
+            self.device_nats_urls.clone()
         }
     }
 
@@ -208,9 +282,9 @@ impl Config {
             ("device_jwt_ttl_secs", self.device_jwt_ttl_secs),
             ("technician_jwt_ttl_secs", self.technician_jwt_ttl_secs),
         ] {
-            if !(60..=MAX_JWT_TTL_SECS).contains(&v) {
+            if !(MIN_JWT_TTL_SECS..=MAX_JWT_TTL_SECS).contains(&v) {
                 p.push(format!(
-                    "{name} must be between 60 and 2592000 seconds, not {v}"
+                    "{name} must be between {MIN_JWT_TTL_SECS} and {MAX_JWT_TTL_SECS} seconds, not {v}"
                 ));
             }
         }
@@ -219,6 +293,26 @@ impl Config {
                 "kv_replicas must be 1 to 5, not {}",
                 self.kv_replicas
             ));
+        }
+        if let Some(h) = &self.http {
+            for (name, f) in [("http.tls_cert", &h.tls_cert), ("http.tls_key", &h.tls_key)] {
+                if !f.is_file() {
+                    p.push(format!("{name} {} does not exist", f.display()));
+                }
+            }
+            if !h.public_url.starts_with("https://") {
+                p.push(format!("http.public_url {:?} must start with https://", h.public_url));
+            }
+        }
+        let e = &self.enrollment;
+        if !(60..=365 * 24 * 3600).contains(&e.token_ttl_secs) {
+            p.push("enrollment.token_ttl_secs must be between 60 and 31536000".to_owned());
+        }
+        if e.rate_per_minute == 0 || e.burst == 0 || e.max_failures == 0 {
+            p.push("enrollment.rate_per_minute, burst and max_failures must be at least 1".to_owned());
+        }
+        if e.failure_window_secs < 1 || e.block_secs < 1 {
+            p.push("enrollment.failure_window_secs and block_secs must be at least 1".to_owned());
         }
         p.extend(
             self.tenant_defaults

@@ -143,6 +143,7 @@ impl ServiceUser {
                     "$JS.ACK.>",
                     "$JS.FC.>",
                     subject::EXPORT_DOWN,
+                    "wgcp.audit.>",
                     // Replies to requests that came in through the up service import: the
                     // server maps them to `_R_.…` subjects in this account.
                     "_R_.>",

@@ -42,6 +42,8 @@ pub struct InitOptions {
     pub tls: Option<TlsFiles>,
     /// Server name.
     pub server_name: String,
+    /// Port of the control plane's HTTPS server (written to `wegweiser.toml` when TLS is given).
+    pub http_port: Option<u16>,
 }
 
 /// TLS material for nats-server.
@@ -258,11 +260,33 @@ pub fn run(opts: &InitOptions) -> Result<InitReport, InitError> {
     if cfg_path.exists() {
         kept.push(CONFIG_FILE.to_owned());
     } else {
-        let cfg = Config::new(nats_url.clone(), opts.tls.as_ref().map(|t| absolute(&t.ca)));
+        let mut cfg = Config::new(nats_url.clone(), opts.tls.as_ref().map(|t| absolute(&t.ca)));
+        if let (Some(tls), Some(port)) = (&opts.tls, opts.http_port) {
+            let bind = if opts.nats_host.contains(':') {
+                format!("[{}]:{port}", opts.nats_host)
+            } else {
+                format!("{}:{port}", opts.nats_host)
+            };
+            let public_host = match opts.nats_host.as_str() {
+                "0.0.0.0" | "::" | "127.0.0.1" => "localhost",
+                h => h,
+            };
+            cfg.http = Some(crate::config::HttpConfig {
+                listen: bind
+                    .parse()
+                    .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+                tls_cert: absolute(&tls.cert),
+                tls_key: absolute(&tls.key),
+                public_url: format!("https://{public_host}:{port}"),
+            });
+        }
         let text = format!(
             "# Wegweiser control plane configuration. Environment overrides: \
              WEGWEISER_NATS_URL, WEGWEISER_NATS_CA, WEGWEISER_MASTER_KEY.\n{}",
-            toml::to_string(&cfg).unwrap_or_default()
+            toml::to_string(&cfg).map_err(|e| InitError::Io {
+                path: cfg_path.display().to_string(),
+                source: std::io::Error::other(e),
+            })?
         );
         write(&cfg_path, &text)?;
         created.push(CONFIG_FILE.to_owned());

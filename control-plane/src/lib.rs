@@ -8,13 +8,19 @@
 //! - [`cli`] is the `wegweiser` command line; `main.rs` only calls it.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod authority;
+pub mod blocker;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod enrollment;
+pub mod http;
 pub mod identity;
 pub mod init;
 pub mod keystore;
+pub mod metrics;
 pub mod nats_server;
 pub mod seal;
+pub mod service;
 pub mod tenant;

@@ -37,6 +37,10 @@ pub struct Platform {
 pub struct PlatformOptions {
     /// Monitoring port wanted.
     pub monitor: bool,
+    /// Enrollment policy to use instead of the defaults.
+    pub enrollment: Option<wegweiser_cp::config::EnrollmentConfig>,
+    /// Device JWT lifetime, seconds.
+    pub device_ttl: Option<i64>,
 }
 
 impl Platform {
@@ -75,7 +79,19 @@ impl Platform {
                 ca: certs.ca.clone(),
             }),
             server_name: "wegweiser-test".into(),
+            http_port: Some(nats_server::free_port()?),
         })?;
+        if opts.enrollment.is_some() || opts.device_ttl.is_some() {
+            let path = data.join(wegweiser_cp::config::CONFIG_FILE);
+            let mut cfg: wegweiser_cp::config::Config = toml::from_str(&std::fs::read_to_string(&path)?)?;
+            if let Some(e) = opts.enrollment {
+                cfg.enrollment = e;
+            }
+            if let Some(t) = opts.device_ttl {
+                cfg.device_jwt_ttl_secs = t;
+            }
+            std::fs::write(&path, toml::to_string(&cfg)?)?;
+        }
         let server = NatsServerProcess::start(
             &binary,
             &report.nats_config,
@@ -107,6 +123,71 @@ impl Platform {
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// Starts the service parts (renewal responder, HTTPS server, reconciler) and waits until
+    /// the HTTPS server answers.
+    pub async fn serve(&self) -> anyhow::Result<wegweiser_cp::cli::ServiceTasks> {
+        let tasks = wegweiser_cp::cli::start_service(&self.auth).await?;
+        let url = format!("{}/healthz", self.https_url());
+        let agent = self.https();
+        for _ in 0..100 {
+            let (a, u) = (agent.clone(), url.clone());
+            let ok = tokio::task::spawn_blocking(move || a.get(&u).call().is_ok()).await?;
+            if ok {
+                return Ok(tasks);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the HTTPS server did not come up at {url}")
+    }
+
+    /// The control plane's HTTPS URL.
+    pub fn https_url(&self) -> String {
+        self.auth
+            .config()
+            .http
+            .as_ref()
+            .map(|h| format!("https://localhost:{}", h.listen.port()))
+            .unwrap_or_default()
+    }
+
+    /// An HTTPS client trusting only the platform's CA, returning error statuses as responses.
+    pub fn https(&self) -> ureq::Agent {
+        let pem = std::fs::read(&self.ca).unwrap_or_default();
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        ureq::Agent::config_builder()
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build(),
+            )
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into()
+    }
+
+    /// POSTs a JSON body to the enrollment endpoint; returns status and JSON answer.
+    pub async fn post_enroll(&self, body: Vec<u8>) -> anyhow::Result<(u16, serde_json::Value)> {
+        let agent = self.https();
+        let url = format!("{}{}", self.https_url(), wegweiser_shared::enroll::ENROLL_PATH);
+        tokio::task::spawn_blocking(move || {
+            let mut r = agent
+                .post(&url)
+                .header("content-type", "application/json")
+                .send(&body[..])?;
+            let status = r.status().as_u16();
+            let text = r.body_mut().read_to_string()?;
+            let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+            Ok((status, v))
+        })
+        .await?
     }
 }
 

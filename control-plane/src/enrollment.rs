@@ -1,0 +1,691 @@
+//! Enrollment tokens, device records, enrollment, renewal and device revocation.
+//!
+//! Tokens are stored only as their SHA-256 (the KV key); the token itself is shown once, at
+//! creation. A token is consumed with a compare-and-set on its record, so a single-use token
+//! raced by many enrollments admits exactly one.
+//!
+//! Re-enrollment policy: a machine is known by its tenant and machine id. Enrolling a known
+//! machine again (with a valid token) keeps its device id and record, moves it to the new key,
+//! revokes the old key at once (its connections drop; no JWT is issued for it again), and
+//! reactivates a revoked device. Every enrollment records the token that did it.
+
+use crate::{
+    audit::AuditEntry,
+    authority::{Authority, AuthorityError, store_err},
+};
+use async_nats::jetstream::kv;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wegweiser_shared::{
+    enroll::{
+        DeviceFacts, EnrollRequest, EnrollResponse, NewKey, RenewRequest, RenewResponse,
+        TOKEN_PREFIX, new_key_proof_message,
+    },
+    ids::{AccountKey, DeviceId, TenantId, UserKey},
+    secret::SecretString,
+    time,
+};
+
+/// A grouping label inside a tenant (organization or group): a lowercase slug.
+pub type Scope = Option<String>;
+
+/// An enrollment token as stored (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Short id: the first 12 hex characters of the token's hash.
+    pub id: String,
+    /// Tenant it enrolls into.
+    pub tenant: TenantId,
+    /// Organization devices land in.
+    #[serde(default)]
+    pub organization: Scope,
+    /// Group devices land in.
+    #[serde(default)]
+    pub group: Scope,
+    /// Free text.
+    #[serde(default)]
+    pub label: String,
+    /// Created.
+    pub created_at: i64,
+    /// Expires.
+    pub expires_at: i64,
+    /// Uses allowed.
+    pub max_uses: u32,
+    /// Uses so far.
+    pub uses: u32,
+    /// Set when revoked.
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
+    /// Devices it enrolled.
+    #[serde(default)]
+    pub devices: Vec<DeviceId>,
+}
+
+/// A new token's parameters.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Organization.
+    pub organization: Scope,
+    /// Group.
+    pub group: Scope,
+    /// Lifetime in seconds (default from config).
+    pub ttl_secs: Option<i64>,
+    /// Uses allowed (default 1).
+    pub max_uses: Option<u32>,
+    /// Label.
+    pub label: String,
+}
+
+/// Device lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    /// Enrolled and allowed.
+    Active,
+    /// Revoked: disconnected, renewals refused, needs a new token.
+    Revoked,
+}
+
+/// A device as stored in `wg_devices` (key `<tenant>.<device>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Id.
+    pub id: DeviceId,
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Organization.
+    #[serde(default)]
+    pub organization: Scope,
+    /// Group.
+    #[serde(default)]
+    pub group: Scope,
+    /// Current user public key.
+    pub public_key: UserKey,
+    /// State.
+    pub state: DeviceState,
+    /// Facts reported at the last enrollment.
+    pub facts: DeviceFacts,
+    /// First enrollment.
+    pub enrolled_at: i64,
+    /// Id of the token of the last enrollment.
+    pub enrolled_by: String,
+    /// Address of the last enrollment.
+    #[serde(default)]
+    pub enrolled_from: String,
+    /// Enrollments after the first.
+    #[serde(default)]
+    pub reenrollments: u32,
+    /// Last renewal.
+    #[serde(default)]
+    pub renewed_at: Option<i64>,
+    /// Revocation time.
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
+}
+
+/// Why an enrollment or renewal was refused. Each maps to one HTTP status and a stable code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnrollError {
+    /// The token is unknown (or malformed).
+    #[error("the enrollment token is not valid; ask your administrator for a new one")]
+    InvalidToken,
+    /// The token expired.
+    #[error("the enrollment token has expired; ask your administrator for a new one")]
+    TokenExpired,
+    /// The token was revoked.
+    #[error("the enrollment token was revoked; ask your administrator for a new one")]
+    TokenRevoked,
+    /// The token has no uses left.
+    #[error("the enrollment token has already been used; ask your administrator for a new one")]
+    TokenUsed,
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The tenant is not active.
+    #[error("the tenant cannot accept enrollments right now")]
+    TenantUnavailable,
+    /// Unknown device.
+    #[error("this device is not enrolled; enroll it with a new token")]
+    UnknownDevice,
+    /// Revoked device.
+    #[error("this device was revoked; enroll it again with a new token")]
+    Revoked,
+    /// The key presented is not the device's current key.
+    #[error("this key is no longer the device's key; enroll it again with a new token")]
+    StaleKey,
+    /// Internal failure (details logged, not returned).
+    #[error("internal error; try again later")]
+    Internal(#[from] AuthorityError),
+}
+
+impl EnrollError {
+    /// The stable code clients see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidToken => "invalid_token",
+            Self::TokenExpired => "token_expired",
+            Self::TokenRevoked => "token_revoked",
+            Self::TokenUsed => "token_used",
+            Self::BadRequest(_) => "bad_request",
+            Self::TenantUnavailable => "tenant_unavailable",
+            Self::UnknownDevice => "unknown_device",
+            Self::Revoked => "revoked",
+            Self::StaleKey => "stale_key",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// Whether this counts as a failed attempt of the caller (toward an address block).
+    pub fn is_caller_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidToken
+                | Self::TokenExpired
+                | Self::TokenRevoked
+                | Self::TokenUsed
+                | Self::BadRequest(_)
+        )
+    }
+}
+
+/// SHA-256 of a token, hex: its KV key.
+pub fn token_hash(token: &str) -> String {
+    let h = Sha256::digest(token.as_bytes());
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn device_key(tenant: &TenantId, device: &DeviceId) -> String {
+    format!("{tenant}.{device}")
+}
+
+fn machine_key(tenant: &TenantId, machine_id: &str) -> String {
+    format!("{tenant}.{}", token_hash(&format!("{tenant}\n{machine_id}")))
+}
+
+fn valid_scope(s: &Scope) -> bool {
+    s.as_deref().is_none_or(|v| v.parse::<TenantId>().is_ok())
+}
+
+impl Authority {
+    /// Creates an enrollment token. Returns the token (shown once) and its record.
+    pub async fn create_token(
+        &self,
+        new: NewToken,
+    ) -> Result<(SecretString, TokenRecord), AuthorityError> {
+        self.signer(&new.tenant).await?;
+        if !valid_scope(&new.organization) || !valid_scope(&new.group) {
+            return Err(AuthorityError::Store(
+                "organization and group must be lowercase slugs".into(),
+            ));
+        }
+        let ttl = new
+            .ttl_secs
+            .unwrap_or(self.inner.cfg.enrollment.token_ttl_secs);
+        if !(60..=365 * 24 * 3600).contains(&ttl) {
+            return Err(AuthorityError::BadLifetime {
+                ttl,
+                max: 365 * 24 * 3600,
+            });
+        }
+        let bytes: [u8; 20] = rand::random();
+        let token = SecretString::new(format!(
+            "{TOKEN_PREFIX}{}",
+            data_encoding_lower(&bytes)
+        ));
+        let hash = token_hash(token.expose());
+        let now = time::now();
+        let rec = TokenRecord {
+            id: hash[..12].to_owned(),
+            tenant: new.tenant.clone(),
+            organization: new.organization,
+            group: new.group,
+            label: new.label,
+            created_at: now,
+            expires_at: now + ttl,
+            max_uses: new.max_uses.unwrap_or(1).max(1),
+            uses: 0,
+            revoked_at: None,
+            devices: Vec::new(),
+        };
+        self.inner
+            .tokens
+            .create(&hash, serde_json::to_vec(&rec).map_err(store_err)?.into())
+            .await
+            .map_err(store_err)?;
+        let mut a = AuditEntry::new("token.create", "cli", "ok");
+        a.tenant = Some(rec.tenant.to_string());
+        a.detail = serde_json::json!({"token": rec.id, "max_uses": rec.max_uses, "expires_at": rec.expires_at});
+        self.inner.audit.record(a).await;
+        Ok((token, rec))
+    }
+
+    /// Every token of a tenant (records only), newest first.
+    pub async fn tokens(&self, tenant: &TenantId) -> Result<Vec<(String, TokenRecord)>, AuthorityError> {
+        use futures::StreamExt;
+        let mut keys = self.inner.tokens.keys().await.map_err(store_err)?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(store_err)?;
+            if let Some(e) = self.inner.tokens.entry(k.clone()).await.map_err(store_err)?
+                && e.operation == kv::Operation::Put
+                && let Ok(r) = serde_json::from_slice::<TokenRecord>(&e.value)
+                && r.tenant == *tenant
+            {
+                out.push((k, r));
+            }
+        }
+        out.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at));
+        Ok(out)
+    }
+
+    /// Revokes a token by its id (or a longer prefix of its hash).
+    pub async fn revoke_token(&self, tenant: &TenantId, id: &str) -> Result<TokenRecord, AuthorityError> {
+        if id.len() < 12 {
+            return Err(AuthorityError::Store("give at least the 12-character token id".into()));
+        }
+        let Some((hash, _)) = self
+            .tokens(tenant)
+            .await?
+            .into_iter()
+            .find(|(h, _)| h.starts_with(id))
+        else {
+            return Err(AuthorityError::Store(format!(
+                "no token {id} in tenant {tenant}; `wegweiser token list --tenant {tenant}` shows them"
+            )));
+        };
+        let rec = self
+            .update_token(&hash, |r| {
+                r.revoked_at.get_or_insert(time::now());
+                Ok(())
+            })
+            .await?;
+        let mut a = AuditEntry::new("token.revoke", "cli", "ok");
+        a.tenant = Some(tenant.to_string());
+        a.detail = serde_json::json!({"token": rec.id});
+        self.inner.audit.record(a).await;
+        Ok(rec)
+    }
+
+    async fn update_token<F>(&self, hash: &str, mut change: F) -> Result<TokenRecord, AuthorityError>
+    where
+        F: FnMut(&mut TokenRecord) -> Result<(), AuthorityError>,
+    {
+        loop {
+            let e = self
+                .inner
+                .tokens
+                .entry(hash)
+                .await
+                .map_err(store_err)?
+                .filter(|e| e.operation == kv::Operation::Put)
+                .ok_or_else(|| AuthorityError::Store("token vanished".into()))?;
+            let mut r: TokenRecord = serde_json::from_slice(&e.value).map_err(store_err)?;
+            change(&mut r)?;
+            match self
+                .inner
+                .tokens
+                .update(hash, serde_json::to_vec(&r).map_err(store_err)?.into(), e.revision)
+                .await
+            {
+                Ok(_) => return Ok(r),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+    }
+
+    /// Consumes one use of a token (compare-and-set): exactly `max_uses` callers succeed.
+    async fn consume_token(&self, token: &str) -> Result<(String, TokenRecord), EnrollError> {
+        if !token.starts_with(TOKEN_PREFIX) || token.len() > 64 {
+            return Err(EnrollError::InvalidToken);
+        }
+        let hash = token_hash(token);
+        let now = time::now();
+        loop {
+            let Some(e) = self
+                .inner
+                .tokens
+                .entry(&hash)
+                .await
+                .map_err(|e| EnrollError::Internal(store_err(e)))?
+                .filter(|e| e.operation == kv::Operation::Put)
+            else {
+                return Err(EnrollError::InvalidToken);
+            };
+            let mut r: TokenRecord =
+                serde_json::from_slice(&e.value).map_err(|e| EnrollError::Internal(store_err(e)))?;
+            if r.revoked_at.is_some() {
+                return Err(EnrollError::TokenRevoked);
+            }
+            if now >= r.expires_at {
+                return Err(EnrollError::TokenExpired);
+            }
+            if r.uses >= r.max_uses {
+                return Err(EnrollError::TokenUsed);
+            }
+            r.uses += 1;
+            let body = serde_json::to_vec(&r).map_err(|e| EnrollError::Internal(store_err(e)))?;
+            match self.inner.tokens.update(&hash, body.into(), e.revision).await {
+                Ok(_) => return Ok((hash, r)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(EnrollError::Internal(store_err(e))),
+            }
+        }
+    }
+
+    /// A device record and its revision.
+    pub async fn device_entry(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> Result<Option<(DeviceRecord, u64)>, AuthorityError> {
+        let Some(e) = self
+            .inner
+            .devices
+            .entry(device_key(tenant, device))
+            .await
+            .map_err(store_err)?
+            .filter(|e| e.operation == kv::Operation::Put)
+        else {
+            return Ok(None);
+        };
+        let r = serde_json::from_slice(&e.value).map_err(store_err)?;
+        Ok(Some((r, e.revision)))
+    }
+
+    /// Every device of a tenant.
+    pub async fn devices(&self, tenant: &TenantId) -> Result<Vec<DeviceRecord>, AuthorityError> {
+        use futures::StreamExt;
+        let prefix = format!("{tenant}.");
+        let mut keys = self.inner.devices.keys().await.map_err(store_err)?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(store_err)?;
+            if !k.starts_with(&prefix) {
+                continue;
+            }
+            if let Some(e) = self.inner.devices.entry(k).await.map_err(store_err)?
+                && e.operation == kv::Operation::Put
+                && let Ok(r) = serde_json::from_slice::<DeviceRecord>(&e.value)
+            {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Enrolls a device: consumes the token, creates or updates the device record, issues its JWT.
+    pub async fn enroll(&self, req: EnrollRequest, ip: &str) -> Result<EnrollResponse, EnrollError> {
+        let problems = req.facts.problems();
+        if !problems.is_empty() {
+            return Err(EnrollError::BadRequest(problems.join("; ")));
+        }
+        let (hash, token) = self.consume_token(&req.token).await?;
+        match self.enroll_with(&hash, &token, &req, ip).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                // Give the use back: nothing was enrolled with it.
+                let _ = self
+                    .update_token(&hash, |r| {
+                        r.uses = r.uses.saturating_sub(1);
+                        Ok(())
+                    })
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn enroll_with(
+        &self,
+        hash: &str,
+        token: &TokenRecord,
+        req: &EnrollRequest,
+        ip: &str,
+    ) -> Result<EnrollResponse, EnrollError> {
+        let tenant_id = &token.tenant;
+        let (tenant, _) = self
+            .signer(tenant_id)
+            .await
+            .map_err(|_| EnrollError::TenantUnavailable)?;
+        let now = time::now();
+        let mkey = machine_key(tenant_id, &req.facts.machine_id);
+        let known = self
+            .inner
+            .machines
+            .entry(&mkey)
+            .await
+            .map_err(|e| EnrollError::Internal(store_err(e)))?
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| std::str::from_utf8(&e.value).ok()?.parse::<DeviceId>().ok());
+        let existing = match &known {
+            Some(d) => self.device_entry(tenant_id, d).await?,
+            None => None,
+        };
+        let (record, old_key) = match existing {
+            Some((mut r, rev)) => {
+                let old = r.public_key.clone();
+                r.public_key = req.public_key.clone();
+                r.state = DeviceState::Active;
+                r.revoked_at = None;
+                r.facts = req.facts.clone();
+                r.enrolled_by = token.id.clone();
+                r.enrolled_from = ip.to_owned();
+                r.organization = token.organization.clone();
+                r.group = token.group.clone();
+                r.reenrollments += 1;
+                let body = serde_json::to_vec(&r).map_err(|e| EnrollError::Internal(store_err(e)))?;
+                self.inner
+                    .devices
+                    .update(device_key(tenant_id, &r.id), body.into(), rev)
+                    .await
+                    .map_err(|e| EnrollError::Internal(store_err(e)))?;
+                (r, (old != req.public_key).then_some(old))
+            }
+            None => {
+                let r = DeviceRecord {
+                    id: DeviceId::generate(),
+                    tenant: tenant_id.clone(),
+                    organization: token.organization.clone(),
+                    group: token.group.clone(),
+                    public_key: req.public_key.clone(),
+                    state: DeviceState::Active,
+                    facts: req.facts.clone(),
+                    enrolled_at: now,
+                    enrolled_by: token.id.clone(),
+                    enrolled_from: ip.to_owned(),
+                    reenrollments: 0,
+                    renewed_at: None,
+                    revoked_at: None,
+                };
+                let body = serde_json::to_vec(&r).map_err(|e| EnrollError::Internal(store_err(e)))?;
+                self.inner
+                    .devices
+                    .create(device_key(tenant_id, &r.id), body.into())
+                    .await
+                    .map_err(|e| EnrollError::Internal(store_err(e)))?;
+                self.inner
+                    .machines
+                    .put(&mkey, r.id.to_string().into_bytes().into())
+                    .await
+                    .map_err(|e| EnrollError::Internal(store_err(e)))?;
+                (r, None)
+            }
+        };
+        if let Some(old) = &old_key {
+            // The machine moved to a new key: the old one must stop working now.
+            self.revoke(tenant_id, old).await?;
+        }
+        let issued = self
+            .issue_device_jwt(tenant_id, &record.id, &req.public_key, None)
+            .await
+            .map_err(|e| match e {
+                AuthorityError::Revoked(_) => EnrollError::BadRequest(
+                    "this public key was revoked; generate a new key".into(),
+                ),
+                other => EnrollError::Internal(other),
+            })?;
+        let device = record.id.clone();
+        let _ = self
+            .update_token(hash, |r| {
+                if !r.devices.contains(&device) {
+                    r.devices.push(device.clone());
+                }
+                Ok(())
+            })
+            .await;
+        let ca = match &self.inner.cfg.nats_ca {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| EnrollError::Internal(AuthorityError::Store(format!("cannot read the NATS CA: {e}"))))?,
+            None => String::new(),
+        };
+        let mut a = AuditEntry::new("enroll", "enrollment", "ok");
+        a.tenant = Some(tenant_id.to_string());
+        a.device = Some(record.id.to_string());
+        a.ip = Some(ip.to_owned());
+        a.detail = serde_json::json!({
+            "token": token.id, "public_key": req.public_key, "reenrolled": known.is_some(),
+            "hostname": record.facts.hostname,
+        });
+        self.inner.audit.record(a).await;
+        Ok(EnrollResponse {
+            device_id: record.id,
+            tenant: tenant_id.clone(),
+            account: tenant.account.clone(),
+            jwt: issued.jwt,
+            jwt_expires_at: issued.expires_at,
+            nats_urls: self.inner.cfg.device_urls(),
+            nats_ca_pem: ca,
+            reenrolled: known.is_some(),
+            trust: None,
+        })
+    }
+
+    /// Revokes a device: marks it revoked (renewals refused) and revokes its key (its live
+    /// connections drop at once). Coming back needs a new enrollment token.
+    pub async fn revoke_device(&self, tenant: &TenantId, device: &DeviceId) -> Result<DeviceRecord, AuthorityError> {
+        let record = loop {
+            let Some((mut r, rev)) = self.device_entry(tenant, device).await? else {
+                return Err(AuthorityError::Store(format!(
+                    "no device {device} in tenant {tenant}; `wegweiser device list --tenant {tenant}` shows them"
+                )));
+            };
+            r.state = DeviceState::Revoked;
+            r.revoked_at = Some(time::now());
+            let body = serde_json::to_vec(&r).map_err(store_err)?;
+            match self.inner.devices.update(device_key(tenant, device), body.into(), rev).await {
+                Ok(_) => break r,
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        };
+        self.revoke(tenant, &record.public_key).await?;
+        let mut a = AuditEntry::new("device.revoke", "cli", "ok");
+        a.tenant = Some(tenant.to_string());
+        a.device = Some(device.to_string());
+        self.inner.audit.record(a).await;
+        Ok(record)
+    }
+
+    /// The tenant whose account this is (cached).
+    pub async fn tenant_by_account(&self, account: &AccountKey) -> Result<Option<TenantId>, AuthorityError> {
+        if let Ok(c) = self.inner.accounts.lock()
+            && let Some(t) = c.get(account)
+        {
+            return Ok(Some(t.clone()));
+        }
+        let all = self.tenants().await?;
+        let found = all.iter().find(|t| t.account == *account).map(|t| t.id.clone());
+        if let Ok(mut c) = self.inner.accounts.lock() {
+            for t in all {
+                c.insert(t.account, t.id);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Renews a device's JWT. `presented` is the user key the request came from (from the
+    /// server's `Nats-Request-Info`, which a client cannot forge).
+    pub async fn renew(
+        &self,
+        account: &AccountKey,
+        device: &DeviceId,
+        presented: Option<&str>,
+        req: RenewRequest,
+    ) -> Result<RenewResponse, EnrollError> {
+        let tenant = self
+            .tenant_by_account(account)
+            .await?
+            .ok_or(EnrollError::UnknownDevice)?;
+        loop {
+            let Some((mut r, rev)) = self.device_entry(&tenant, device).await? else {
+                return Err(EnrollError::UnknownDevice);
+            };
+            if r.state != DeviceState::Active {
+                return Err(EnrollError::Revoked);
+            }
+            if let Some(p) = presented
+                && p != r.public_key.as_str()
+            {
+                return Err(EnrollError::StaleKey);
+            }
+            let key = match &req.new_key {
+                None => r.public_key.clone(),
+                Some(NewKey { public_key, proof }) => {
+                    verify_proof(device, r.public_key.as_str(), public_key, proof)?;
+                    public_key.clone()
+                }
+            };
+            let issued = self
+                .issue_device_jwt(&tenant, device, &key, None)
+                .await
+                .map_err(|e| match e {
+                    AuthorityError::Revoked(_) => EnrollError::Revoked,
+                    other => EnrollError::Internal(other),
+                })?;
+            let old = r.public_key.clone();
+            r.public_key = key;
+            r.renewed_at = Some(time::now());
+            let body = serde_json::to_vec(&r).map_err(|e| EnrollError::Internal(store_err(e)))?;
+            match self.inner.devices.update(device_key(&tenant, device), body.into(), rev).await {
+                Ok(_) => {
+                    if old != r.public_key {
+                        // The old key's JWT lapses on its own (it is short); it is never renewed
+                        // again because it is no longer the device's key.
+                        tracing::info!(tenant = %tenant, device = %device, "Device key rotated.");
+                    }
+                    return Ok(RenewResponse::Ok {
+                        jwt: issued.jwt,
+                        expires_at: issued.expires_at,
+                    });
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(EnrollError::Internal(store_err(e))),
+            }
+        }
+    }
+}
+
+fn verify_proof(device: &DeviceId, old: &str, new: &UserKey, proof: &str) -> Result<(), EnrollError> {
+    use base64::Engine;
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(proof)
+        .map_err(|_| EnrollError::BadRequest("new key proof is not base64url".into()))?;
+    let kp = nkeys::KeyPair::from_public_key(new.as_str())
+        .map_err(|_| EnrollError::BadRequest("new key is invalid".into()))?;
+    kp.verify(&new_key_proof_message(device, old, new), &sig)
+        .map_err(|_| EnrollError::BadRequest("new key proof does not verify".into()))
+}
+
+fn data_encoding_lower(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+

@@ -1,0 +1,249 @@
+//! The control plane's HTTPS server (axum + rustls): health, enrollment, metrics.
+//!
+//! Errors are JSON `{"code", "message"}` with one status per error kind; internal details are
+//! logged, never returned.
+
+use crate::{
+    audit::AuditEntry,
+    authority::Authority,
+    blocker::{Gate, IpBlocker},
+    config::HttpConfig,
+    enrollment::EnrollError,
+};
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{ConnectInfo, DefaultBodyLimit, State, rejection::BytesRejection},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration};
+use wegweiser_shared::{
+    enroll::{ENROLL_PATH, EnrollRequest, ErrorBody, MAX_ENROLL_BODY},
+    time,
+};
+
+/// Shared state of the handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The authority.
+    pub auth: Authority,
+    /// The enrollment gate.
+    pub gate: Arc<IpBlocker>,
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+    retry_after: Option<i64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody {
+                code: code.to_owned(),
+                message: message.into(),
+            },
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(self.body)).into_response();
+        if let Some(s) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.max(1).to_string())
+        {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        r
+    }
+}
+
+impl From<&EnrollError> for StatusCode {
+    fn from(e: &EnrollError) -> Self {
+        match e {
+            EnrollError::InvalidToken => StatusCode::UNAUTHORIZED,
+            EnrollError::TokenExpired | EnrollError::TokenRevoked | EnrollError::TokenUsed => {
+                StatusCode::GONE
+            }
+            EnrollError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EnrollError::TenantUnavailable => StatusCode::CONFLICT,
+            EnrollError::UnknownDevice | EnrollError::Revoked | EnrollError::StaleKey => {
+                StatusCode::FORBIDDEN
+            }
+            EnrollError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            #[allow(unreachable_patterns)]
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
+        .route(ENROLL_PATH, post(enroll))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_ENROLL_BODY))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    let nats = s.auth.cp_client().connection_state();
+    let ok = matches!(nats, async_nats::connection::State::Connected);
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (
+        status,
+        Json(serde_json::json!({"status": if ok { "ok" } else { "degraded" }, "nats": nats.to_string()})),
+    )
+        .into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.auth.metrics().render(),
+    )
+        .into_response()
+}
+
+async fn enroll(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let ip = addr.ip();
+    let now = time::now();
+    let m = s.auth.metrics();
+    let gate = s.gate.check(ip, now).await.map_err(|e| {
+        tracing::error!(error = %e, "Enrollment gate failed.");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again later")
+    })?;
+    match gate {
+        Gate::Allowed => {}
+        Gate::Limited => {
+            m.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many enrollment requests from this address; wait and try again",
+            );
+            e.retry_after = Some(60);
+            return Err(e);
+        }
+        Gate::Blocked { until } => {
+            m.blocked_requests.fetch_add(1, Ordering::Relaxed);
+            let mut e = ApiError::new(
+                StatusCode::FORBIDDEN,
+                "address_blocked",
+                "this address is blocked after repeated failed enrollments; wait and try again, or ask your administrator",
+            );
+            e.retry_after = Some(until - now);
+            return Err(e);
+        }
+        Gate::Denied => {
+            m.blocked_requests.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "address_denied",
+                "enrollment is not allowed from this address",
+            ));
+        }
+    }
+    let result = match parse(body) {
+        Ok(req) => s.auth.enroll(req, &ip.to_string()).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(resp) => {
+            m.enroll_ok.fetch_add(1, Ordering::Relaxed);
+            Ok(Json(resp).into_response())
+        }
+        Err(e) => {
+            crate::metrics::Metrics::refused(&m.enroll_refused, e.code());
+            if let EnrollError::Internal(inner) = &e {
+                tracing::error!(error = %inner, "Enrollment failed.");
+            }
+            let mut a = AuditEntry::new("enroll.refused", "enrollment", e.code());
+            a.ip = Some(ip.to_string());
+            s.auth.audit().record(a).await;
+            if e.is_caller_failure()
+                && let Ok(Some(until)) = s.gate.failure(ip, now).await
+            {
+                m.blocks.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%ip, until, "Address blocked after repeated failed enrollments.");
+                let mut a = AuditEntry::new("ip.blocked", "enrollment", "blocked");
+                a.ip = Some(ip.to_string());
+                a.detail = serde_json::json!({"until": until});
+                s.auth.audit().record(a).await;
+            }
+            Err(ApiError::new((&e).into(), e.code(), e.to_string()))
+        }
+    }
+}
+
+fn parse(body: Result<Bytes, BytesRejection>) -> Result<EnrollRequest, EnrollError> {
+    let body = body.map_err(|_| {
+        EnrollError::BadRequest(format!(
+            "request body is too large or unreadable (at most {MAX_ENROLL_BODY} bytes)"
+        ))
+    })?;
+    serde_json::from_slice::<EnrollRequest>(&body).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => {
+                // Data errors name the field and why; cut them short.
+                let mut m = e.to_string();
+                m.truncate(200);
+                m
+            }
+            _ => format!("not valid JSON (line {}, column {})", e.line(), e.column()),
+        };
+        EnrollError::BadRequest(format!("malformed enrollment request: {what}"))
+    })
+}
+
+/// Serves HTTPS until `shutdown` completes.
+pub async fn serve(
+    state: AppState,
+    cfg: &HttpConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cfg.tls_cert, &cfg.tls_key)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot load the HTTPS certificate or key: {e}"))?;
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h.graceful_shutdown(Some(Duration::from_secs(5)));
+    });
+    tracing::info!(listen = %cfg.listen, "HTTPS server listening.");
+    axum_server::bind_rustls(cfg.listen, tls)
+        .handle(handle)
+        .serve(router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! Prometheus metrics, rendered in the text exposition format at `GET /metrics`.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+/// Counters of the control plane.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Successful enrollments.
+    pub enroll_ok: AtomicU64,
+    /// Refused enrollments by reason code.
+    pub enroll_refused: Mutex<BTreeMap<String, u64>>,
+    /// Requests refused by the per-address rate limit.
+    pub rate_limited: AtomicU64,
+    /// Requests refused because the address is blocked or denied.
+    pub blocked_requests: AtomicU64,
+    /// Addresses blocked after repeated failures.
+    pub blocks: AtomicU64,
+    /// Successful renewals.
+    pub renew_ok: AtomicU64,
+    /// Refused renewals by reason code.
+    pub renew_refused: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Metrics {
+    /// Counts a refusal by reason.
+    pub fn refused(map: &Mutex<BTreeMap<String, u64>>, code: &str) {
+        if let Ok(mut m) = map.lock() {
+            *m.entry(code.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let counter = |s: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        let by_reason = |s: &mut String, name: &str, help: &str, m: &Mutex<BTreeMap<String, u64>>| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+            if let Ok(m) = m.lock() {
+                for (reason, v) in m.iter() {
+                    let _ = writeln!(s, "{name}{{reason=\"{reason}\"}} {v}");
+                }
+            }
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(&mut s, "wegweiser_enrollments_total", "Successful enrollments.", load(&self.enroll_ok));
+        by_reason(&mut s, "wegweiser_enrollments_refused_total", "Refused enrollments by reason.", &self.enroll_refused);
+        counter(&mut s, "wegweiser_enroll_rate_limited_total", "Enrollment requests refused by the per-address rate limit.", load(&self.rate_limited));
+        counter(&mut s, "wegweiser_enroll_blocked_requests_total", "Enrollment requests from blocked or denied addresses.", load(&self.blocked_requests));
+        counter(&mut s, "wegweiser_ip_blocks_total", "Addresses blocked after repeated failures.", load(&self.blocks));
+        counter(&mut s, "wegweiser_renewals_total", "Successful credential renewals.", load(&self.renew_ok));
+        by_reason(&mut s, "wegweiser_renewals_refused_total", "Refused renewals by reason.", &self.renew_refused);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_reasons() {
+        let m = Metrics::default();
+        m.enroll_ok.fetch_add(2, Ordering::Relaxed);
+        Metrics::refused(&m.enroll_refused, "token_expired");
+        let text = m.render();
+        assert!(text.contains("wegweiser_enrollments_total 2"), "{text}");
+        assert!(text.contains("wegweiser_enrollments_refused_total{reason=\"token_expired\"} 1"), "{text}");
+    }
+}

@@ -1,0 +1,122 @@
+//! The long-running parts of `wegweiser serve`: the renewal responder on NATS, the HTTPS server,
+//! and the periodic reconciliation of tenant accounts.
+
+use crate::{
+    audit::AuditEntry,
+    authority::Authority,
+    enrollment::EnrollError,
+    metrics::Metrics,
+};
+use futures::StreamExt;
+use serde::Deserialize;
+use std::sync::{Arc, atomic::Ordering};
+use tokio::sync::Semaphore;
+use wegweiser_shared::{
+    enroll::{ErrorBody, MAX_RENEW_BODY, RENEW_TOKEN, RenewRequest, RenewResponse},
+    ids::{AccountKey, DeviceId},
+};
+
+/// Queue group shared by every control-plane replica answering renewals.
+pub const RENEW_QUEUE: &str = "wg-renew";
+/// Renewals handled at the same time by one replica.
+pub const RENEW_CONCURRENCY: usize = 256;
+
+#[derive(Deserialize)]
+struct RequestInfo {
+    #[serde(default)]
+    acc: String,
+    #[serde(default)]
+    user: String,
+}
+
+/// Answers renewal requests (`wg.<account>.up.<device>.renew`) until the subscription ends.
+///
+/// The account and device tokens of the subject are trustworthy: the export binds the account
+/// token to the importing account, and the device's template lets it publish only under its own
+/// name. The requesting user key comes from the server's `Nats-Request-Info` header.
+pub async fn run_renewals(auth: Authority) -> anyhow::Result<()> {
+    let client = auth.cp_client().clone();
+    let mut sub = client
+        .queue_subscribe(format!("wg.*.up.*.{RENEW_TOKEN}"), RENEW_QUEUE.into())
+        .await?;
+    let limit = Arc::new(Semaphore::new(RENEW_CONCURRENCY));
+    while let Some(msg) = sub.next().await {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break;
+        };
+        let auth = auth.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Some(reply) = msg.reply.clone() else {
+                return;
+            };
+            let response = match answer(&auth, &msg).await {
+                Ok(r) => {
+                    auth.metrics().renew_ok.fetch_add(1, Ordering::Relaxed);
+                    r
+                }
+                Err(e) => {
+                    Metrics::refused(&auth.metrics().renew_refused, e.code());
+                    if let EnrollError::Internal(inner) = &e {
+                        tracing::error!(error = %inner, subject = %msg.subject, "Renewal failed.");
+                    }
+                    let mut a = AuditEntry::new("renew.refused", "renewal", e.code());
+                    a.detail = serde_json::json!({"subject": msg.subject.as_str()});
+                    auth.audit().record(a).await;
+                    RenewResponse::Refused(ErrorBody {
+                        code: e.code().to_owned(),
+                        message: e.to_string(),
+                    })
+                }
+            };
+            match serde_json::to_vec(&response) {
+                Ok(body) => {
+                    if let Err(e) = client.publish(reply, body.into()).await {
+                        tracing::warn!(error = %e, "Cannot send a renewal reply.");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "Cannot encode a renewal reply."),
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn answer(auth: &Authority, msg: &async_nats::Message) -> Result<RenewResponse, EnrollError> {
+    let tokens: Vec<&str> = msg.subject.split('.').collect();
+    let [_, account, _, device, _] = tokens[..] else {
+        return Err(EnrollError::BadRequest("unexpected renewal subject".into()));
+    };
+    let account: AccountKey = account
+        .parse()
+        .map_err(|_| EnrollError::BadRequest("bad account in subject".into()))?;
+    let device: DeviceId = device
+        .parse()
+        .map_err(|_| EnrollError::BadRequest("bad device in subject".into()))?;
+    if msg.payload.len() > MAX_RENEW_BODY {
+        return Err(EnrollError::BadRequest(format!(
+            "renewal request larger than {MAX_RENEW_BODY} bytes"
+        )));
+    }
+    let req: RenewRequest = if msg.payload.is_empty() {
+        RenewRequest::default()
+    } else {
+        serde_json::from_slice(&msg.payload)
+            .map_err(|_| EnrollError::BadRequest("malformed renewal request".into()))?
+    };
+    let info = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Request-Info"))
+        .and_then(|v| serde_json::from_str::<RequestInfo>(v.as_str()).ok());
+    let presented = match &info {
+        Some(i) if i.acc == account.as_str() && !i.user.is_empty() => Some(i.user.as_str()),
+        _ => return Err(EnrollError::BadRequest("request info missing or not matching".into())),
+    };
+    let r = auth.renew(&account, &device, presented, req).await?;
+    let mut a = AuditEntry::new("renew", "renewal", "ok");
+    a.device = Some(device.to_string());
+    auth.audit().record(a).await;
+    Ok(r)
+}
