@@ -83,7 +83,10 @@ impl Audit {
     /// Appends an entry and waits for the stream to store it. A failure is logged, never
     /// returned: the operation it records has already happened.
     pub async fn record(&self, entry: AuditEntry) {
-        let subject = format!("{AUDIT_PREFIX}.{}", entry.kind.replace(['.', ' ', '*', '>'], "_"));
+        let subject = format!(
+            "{AUDIT_PREFIX}.{}",
+            entry.kind.replace(['.', ' ', '*', '>'], "_")
+        );
         let body = match serde_json::to_vec(&entry) {
             Ok(b) => b,
             Err(e) => {

@@ -270,7 +270,8 @@ pub(crate) struct Inner {
     pub(crate) machines: kv::Store,
     pub(crate) blocks: kv::Store,
     pub(crate) audit: crate::audit::Audit,
-    pub(crate) signers: std::sync::Mutex<std::collections::HashMap<TenantId, (u64, Arc<TenantSigner>)>>,
+    pub(crate) signers:
+        std::sync::Mutex<std::collections::HashMap<TenantId, (u64, Arc<TenantSigner>)>>,
     pub(crate) accounts: std::sync::Mutex<std::collections::HashMap<AccountKey, TenantId>>,
     pub(crate) metrics: crate::metrics::Metrics,
 }
@@ -430,11 +431,39 @@ impl Authority {
         )?;
         let js = jetstream::new(cp.clone());
         let replicas = cfg.kv_replicas;
-        let tenants = bucket(&js, TENANTS_BUCKET, "Tenant records (secrets sealed)", 8, replicas).await?;
-        let tokens = bucket(&js, TOKENS_BUCKET, "Enrollment tokens (hashes only)", 4, replicas).await?;
+        let tenants = bucket(
+            &js,
+            TENANTS_BUCKET,
+            "Tenant records (secrets sealed)",
+            8,
+            replicas,
+        )
+        .await?;
+        let tokens = bucket(
+            &js,
+            TOKENS_BUCKET,
+            "Enrollment tokens (hashes only)",
+            4,
+            replicas,
+        )
+        .await?;
         let devices = bucket(&js, DEVICES_BUCKET, "Device records", 4, replicas).await?;
-        let machines = bucket(&js, MACHINES_BUCKET, "Machine id to device index", 1, replicas).await?;
-        let blocks = bucket(&js, BLOCKS_BUCKET, "Enrollment failures and IP blocks", 1, replicas).await?;
+        let machines = bucket(
+            &js,
+            MACHINES_BUCKET,
+            "Machine id to device index",
+            1,
+            replicas,
+        )
+        .await?;
+        let blocks = bucket(
+            &js,
+            BLOCKS_BUCKET,
+            "Enrollment failures and IP blocks",
+            1,
+            replicas,
+        )
+        .await?;
         let audit = crate::audit::Audit::open(&js, replicas).await?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -923,20 +952,28 @@ impl Authority {
         user: &UserKey,
         ttl: Option<i64>,
     ) -> Result<IssuedJwt, AuthorityError> {
-        let max = self.inner.cfg.device_jwt_ttl_secs;
-        let ttl = check_ttl(ttl, max)?;
         let (record, signer) = self.signer(tenant).await?;
+        self.issue_device_with(&record, &signer, device, user, ttl)
+    }
+
+    /// Issues a device JWT with a signer already at hand (see [`Authority::signer`]).
+    pub fn issue_device_with(
+        &self,
+        record: &TenantRecord,
+        signer: &TenantSigner,
+        device: &DeviceId,
+        user: &UserKey,
+        ttl: Option<i64>,
+    ) -> Result<IssuedJwt, AuthorityError> {
+        let ttl = check_ttl(ttl, self.inner.cfg.device_jwt_ttl_secs)?;
         if record.banned_users.contains(user.as_str()) {
             return Err(AuthorityError::Revoked(user.clone()));
         }
-        let jwt = signer.issue_device(device, user, ttl)?;
-        let exp = wegweiser_shared::jwt::decode_untimed::<wegweiser_shared::jwt::UserNats>(&jwt)?
-            .exp
-            .unwrap_or_default();
-        tracing::info!(tenant = %tenant, device = %device, user = %user, "Device JWT issued.");
+        let (jwt, expires_at) = signer.issue_device_with_expiry(device, user, ttl)?;
+        tracing::debug!(tenant = %record.id, device = %device, user = %user, "Device JWT issued.");
         Ok(IssuedJwt {
             jwt,
-            expires_at: exp,
+            expires_at,
             signing_key: signer.device_signing_key(),
         })
     }

@@ -11,12 +11,7 @@ use crate::{
 };
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    sync::Mutex,
-    time::Instant,
-};
+use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Instant};
 
 /// What the gate says about a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +94,9 @@ impl IpBlocker {
         let cap = f64::from(self.cfg.burst);
         if buckets.len() > 100_000 {
             // Forget addresses that have been quiet long enough to have a full bucket again.
-            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < cap);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < cap
+            });
         }
         let (tokens, at) = buckets.entry(ip).or_insert((cap, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(cap);
@@ -139,13 +136,27 @@ impl IpBlocker {
             }
             let body = serde_json::to_vec(&rec).map_err(store_err)?;
             let written = match rev {
-                Some(rev) => self.kv.update(&k, body.into(), rev).await.map(|_| ()).map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
-                None => self.kv.create(&k, body.into()).await.map(|_| ()).map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists),
+                Some(rev) => self
+                    .kv
+                    .update(&k, body.into(), rev)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
+                None => self
+                    .kv
+                    .create(&k, body.into())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists),
             };
             match written {
                 Ok(()) => return Ok(blocked),
                 Err(true) => continue,
-                Err(false) => return Err(AuthorityError::Store(format!("cannot record a failure for {ip}"))),
+                Err(false) => {
+                    return Err(AuthorityError::Store(format!(
+                        "cannot record a failure for {ip}"
+                    )));
+                }
             }
         }
     }

@@ -569,7 +569,10 @@ pub fn enroll_command(auth: &Authority, token: &str) -> Option<String> {
             http.public_url,
             ca.display()
         ),
-        None => format!("wegweiser-agent enroll --url {} --token {token}", http.public_url),
+        None => format!(
+            "wegweiser-agent enroll --url {} --token {token}",
+            http.public_url
+        ),
     })
 }
 
@@ -606,17 +609,34 @@ async fn token(data_dir: &Path, cmd: TokenCommand, json: bool) -> anyhow::Result
                         rec.max_uses,
                         rec.expires_at,
                         secret.expose(),
-                        cmd.map(|c| format!("\nEnroll an agent with:\n  {c}")).unwrap_or_default()
+                        cmd.map(|c| format!("\nEnroll an agent with:\n  {c}"))
+                            .unwrap_or_default()
                     )
                 },
             );
         }
         TokenCommand::List { tenant } => {
-            let list: Vec<_> = auth.tokens(&tenant).await?.into_iter().map(|(_, r)| r).collect();
-            print(json, &list, || {
-                let mut s = format!("{:<14} {:>4}/{:<4} {:<12} {:<10} DEVICES", "ID", "USED", "MAX", "EXPIRES", "STATE");
+            let by_token = auth.token_devices(&tenant).await?;
+            let list: Vec<_> = auth
+                .tokens(&tenant)
+                .await?
+                .into_iter()
+                .map(|(_, r)| {
+                    let devices = by_token.get(&r.id).cloned().unwrap_or_default();
+                    (r, devices)
+                })
+                .collect();
+            let json_list: Vec<_> = list
+                .iter()
+                .map(|(r, d)| serde_json::json!({"token": r, "devices": d}))
+                .collect();
+            print(json, &json_list, || {
+                let mut s = format!(
+                    "{:<14} {:>4}/{:<4} {:<12} {:<10} DEVICES",
+                    "ID", "USED", "MAX", "EXPIRES", "STATE"
+                );
                 let now = wegweiser_shared::time::now();
-                for t in &list {
+                for (t, devices) in &list {
                     let state = if t.revoked_at.is_some() {
                         "revoked"
                     } else if t.expires_at <= now {
@@ -626,10 +646,15 @@ async fn token(data_dir: &Path, cmd: TokenCommand, json: bool) -> anyhow::Result
                     } else {
                         "valid"
                     };
-                    let devices: Vec<_> = t.devices.iter().map(|d| d.as_str()).collect();
+                    let devices: Vec<_> = devices.iter().map(|d| d.as_str()).collect();
                     s.push_str(&format!(
                         "\n{:<14} {:>4}/{:<4} {:<12} {:<10} {}",
-                        t.id, t.uses, t.max_uses, t.expires_at, state, devices.join(",")
+                        t.id,
+                        t.uses,
+                        t.max_uses,
+                        t.expires_at,
+                        state,
+                        devices.join(",")
                     ));
                 }
                 s
@@ -649,7 +674,10 @@ async fn device(data_dir: &Path, cmd: DeviceCommand, json: bool) -> anyhow::Resu
         DeviceCommand::List { tenant } => {
             let list = auth.devices(&tenant).await?;
             print(json, &list, || {
-                let mut s = format!("{:<28} {:<8} {:<24} {:<8} ENROLLED-BY", "DEVICE", "STATE", "HOSTNAME", "OS");
+                let mut s = format!(
+                    "{:<28} {:<8} {:<24} {:<8} ENROLLED-BY",
+                    "DEVICE", "STATE", "HOSTNAME", "OS"
+                );
                 for d in &list {
                     s.push_str(&format!(
                         "\n{:<28} {:<8} {:<24} {:<8} {}",
@@ -665,14 +693,20 @@ async fn device(data_dir: &Path, cmd: DeviceCommand, json: bool) -> anyhow::Resu
         }
         DeviceCommand::Show { tenant, device } => {
             let Some((d, _)) = auth.device_entry(&tenant, &device).await? else {
-                anyhow::bail!("no device {device} in tenant {tenant}; `wegweiser device list --tenant {tenant}` shows them");
+                anyhow::bail!(
+                    "no device {device} in tenant {tenant}; `wegweiser device list --tenant {tenant}` shows them"
+                );
             };
-            print(json, &d, || serde_json::to_string_pretty(&d).unwrap_or_default());
+            print(json, &d, || {
+                serde_json::to_string_pretty(&d).unwrap_or_default()
+            });
         }
         DeviceCommand::Revoke { tenant, device } => {
             let d = auth.revoke_device(&tenant, &device).await?;
             print(json, &d, || {
-                format!("Revoked device {device}: disconnected, renewals refused; it needs a new token to come back.")
+                format!(
+                    "Revoked device {device}: disconnected, renewals refused; it needs a new token to come back."
+                )
             });
         }
     }
@@ -941,7 +975,10 @@ async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
                  Press Ctrl-C to stop.",
                 cfg.nats_url,
                 nats_dir.join("nats-server.log").display(),
-                cfg.http.as_ref().map(|h| h.public_url.as_str()).unwrap_or("(no HTTPS configured)"),
+                cfg.http
+                    .as_ref()
+                    .map(|h| h.public_url.as_str())
+                    .unwrap_or("(no HTTPS configured)"),
                 tenant.id,
                 tenant.account,
                 tenant.id,

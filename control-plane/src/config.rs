@@ -217,7 +217,10 @@ impl Config {
     /// The NATS URLs devices get.
     pub fn device_urls(&self) -> Vec<String> {
         if self.device_nats_urls.is_empty() {
-            self.nats_url.split(',').map(|u| u.trim().to_owned()).collect()
+            self.nats_url
+                .split(',')
+                .map(|u| u.trim().to_owned())
+                .collect()
         } else {
             self.device_nats_urls.clone()
         }
@@ -301,7 +304,10 @@ impl Config {
                 }
             }
             if !h.public_url.starts_with("https://") {
-                p.push(format!("http.public_url {:?} must start with https://", h.public_url));
+                p.push(format!(
+                    "http.public_url {:?} must start with https://",
+                    h.public_url
+                ));
             }
         }
         let e = &self.enrollment;
@@ -309,7 +315,9 @@ impl Config {
             p.push("enrollment.token_ttl_secs must be between 60 and 31536000".to_owned());
         }
         if e.rate_per_minute == 0 || e.burst == 0 || e.max_failures == 0 {
-            p.push("enrollment.rate_per_minute, burst and max_failures must be at least 1".to_owned());
+            p.push(
+                "enrollment.rate_per_minute, burst and max_failures must be at least 1".to_owned(),
+            );
         }
         if e.failure_window_secs < 1 || e.block_secs < 1 {
             p.push("enrollment.failure_window_secs and block_secs must be at least 1".to_owned());

@@ -56,9 +56,6 @@ pub struct TokenRecord {
     /// Set when revoked.
     #[serde(default)]
     pub revoked_at: Option<i64>,
-    /// Devices it enrolled.
-    #[serde(default)]
-    pub devices: Vec<DeviceId>,
 }
 
 /// A new token's parameters.
@@ -202,7 +199,10 @@ fn device_key(tenant: &TenantId, device: &DeviceId) -> String {
 }
 
 fn machine_key(tenant: &TenantId, machine_id: &str) -> String {
-    format!("{tenant}.{}", token_hash(&format!("{tenant}\n{machine_id}")))
+    format!(
+        "{tenant}.{}",
+        token_hash(&format!("{tenant}\n{machine_id}"))
+    )
 }
 
 fn valid_scope(s: &Scope) -> bool {
@@ -231,10 +231,7 @@ impl Authority {
             });
         }
         let bytes: [u8; 20] = rand::random();
-        let token = SecretString::new(format!(
-            "{TOKEN_PREFIX}{}",
-            data_encoding_lower(&bytes)
-        ));
+        let token = SecretString::new(format!("{TOKEN_PREFIX}{}", data_encoding_lower(&bytes)));
         let hash = token_hash(token.expose());
         let now = time::now();
         let rec = TokenRecord {
@@ -248,7 +245,6 @@ impl Authority {
             max_uses: new.max_uses.unwrap_or(1).max(1),
             uses: 0,
             revoked_at: None,
-            devices: Vec::new(),
         };
         self.inner
             .tokens
@@ -263,13 +259,21 @@ impl Authority {
     }
 
     /// Every token of a tenant (records only), newest first.
-    pub async fn tokens(&self, tenant: &TenantId) -> Result<Vec<(String, TokenRecord)>, AuthorityError> {
+    pub async fn tokens(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<(String, TokenRecord)>, AuthorityError> {
         use futures::StreamExt;
         let mut keys = self.inner.tokens.keys().await.map_err(store_err)?;
         let mut out = Vec::new();
         while let Some(k) = keys.next().await {
             let k = k.map_err(store_err)?;
-            if let Some(e) = self.inner.tokens.entry(k.clone()).await.map_err(store_err)?
+            if let Some(e) = self
+                .inner
+                .tokens
+                .entry(k.clone())
+                .await
+                .map_err(store_err)?
                 && e.operation == kv::Operation::Put
                 && let Ok(r) = serde_json::from_slice::<TokenRecord>(&e.value)
                 && r.tenant == *tenant
@@ -277,14 +281,20 @@ impl Authority {
                 out.push((k, r));
             }
         }
-        out.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at));
+        out.sort_by_key(|(_, r)| std::cmp::Reverse(r.created_at));
         Ok(out)
     }
 
     /// Revokes a token by its id (or a longer prefix of its hash).
-    pub async fn revoke_token(&self, tenant: &TenantId, id: &str) -> Result<TokenRecord, AuthorityError> {
+    pub async fn revoke_token(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<TokenRecord, AuthorityError> {
         if id.len() < 12 {
-            return Err(AuthorityError::Store("give at least the 12-character token id".into()));
+            return Err(AuthorityError::Store(
+                "give at least the 12-character token id".into(),
+            ));
         }
         let Some((hash, _)) = self
             .tokens(tenant)
@@ -309,7 +319,11 @@ impl Authority {
         Ok(rec)
     }
 
-    async fn update_token<F>(&self, hash: &str, mut change: F) -> Result<TokenRecord, AuthorityError>
+    async fn update_token<F>(
+        &self,
+        hash: &str,
+        mut change: F,
+    ) -> Result<TokenRecord, AuthorityError>
     where
         F: FnMut(&mut TokenRecord) -> Result<(), AuthorityError>,
     {
@@ -327,7 +341,11 @@ impl Authority {
             match self
                 .inner
                 .tokens
-                .update(hash, serde_json::to_vec(&r).map_err(store_err)?.into(), e.revision)
+                .update(
+                    hash,
+                    serde_json::to_vec(&r).map_err(store_err)?.into(),
+                    e.revision,
+                )
                 .await
             {
                 Ok(_) => return Ok(r),
@@ -355,8 +373,8 @@ impl Authority {
             else {
                 return Err(EnrollError::InvalidToken);
             };
-            let mut r: TokenRecord =
-                serde_json::from_slice(&e.value).map_err(|e| EnrollError::Internal(store_err(e)))?;
+            let mut r: TokenRecord = serde_json::from_slice(&e.value)
+                .map_err(|e| EnrollError::Internal(store_err(e)))?;
             if r.revoked_at.is_some() {
                 return Err(EnrollError::TokenRevoked);
             }
@@ -368,7 +386,12 @@ impl Authority {
             }
             r.uses += 1;
             let body = serde_json::to_vec(&r).map_err(|e| EnrollError::Internal(store_err(e)))?;
-            match self.inner.tokens.update(&hash, body.into(), e.revision).await {
+            match self
+                .inner
+                .tokens
+                .update(&hash, body.into(), e.revision)
+                .await
+            {
                 Ok(_) => return Ok((hash, r)),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(EnrollError::Internal(store_err(e))),
@@ -396,6 +419,18 @@ impl Authority {
         Ok(Some((r, e.revision)))
     }
 
+    /// The devices a token enrolled (last enrollment), by token id.
+    pub async fn token_devices(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<std::collections::BTreeMap<String, Vec<DeviceId>>, AuthorityError> {
+        let mut out: std::collections::BTreeMap<String, Vec<DeviceId>> = Default::default();
+        for d in self.devices(tenant).await? {
+            out.entry(d.enrolled_by).or_default().push(d.id);
+        }
+        Ok(out)
+    }
+
     /// Every device of a tenant.
     pub async fn devices(&self, tenant: &TenantId) -> Result<Vec<DeviceRecord>, AuthorityError> {
         use futures::StreamExt;
@@ -419,13 +454,17 @@ impl Authority {
     }
 
     /// Enrolls a device: consumes the token, creates or updates the device record, issues its JWT.
-    pub async fn enroll(&self, req: EnrollRequest, ip: &str) -> Result<EnrollResponse, EnrollError> {
+    pub async fn enroll(
+        &self,
+        req: EnrollRequest,
+        ip: &str,
+    ) -> Result<EnrollResponse, EnrollError> {
         let problems = req.facts.problems();
         if !problems.is_empty() {
             return Err(EnrollError::BadRequest(problems.join("; ")));
         }
         let (hash, token) = self.consume_token(&req.token).await?;
-        match self.enroll_with(&hash, &token, &req, ip).await {
+        match self.enroll_with(&token, &req, ip).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 // Give the use back: nothing was enrolled with it.
@@ -442,13 +481,12 @@ impl Authority {
 
     async fn enroll_with(
         &self,
-        hash: &str,
         token: &TokenRecord,
         req: &EnrollRequest,
         ip: &str,
     ) -> Result<EnrollResponse, EnrollError> {
         let tenant_id = &token.tenant;
-        let (tenant, _) = self
+        let (tenant, signer) = self
             .signer(tenant_id)
             .await
             .map_err(|_| EnrollError::TenantUnavailable)?;
@@ -478,7 +516,8 @@ impl Authority {
                 r.organization = token.organization.clone();
                 r.group = token.group.clone();
                 r.reenrollments += 1;
-                let body = serde_json::to_vec(&r).map_err(|e| EnrollError::Internal(store_err(e)))?;
+                let body =
+                    serde_json::to_vec(&r).map_err(|e| EnrollError::Internal(store_err(e)))?;
                 self.inner
                     .devices
                     .update(device_key(tenant_id, &r.id), body.into(), rev)
@@ -502,7 +541,8 @@ impl Authority {
                     renewed_at: None,
                     revoked_at: None,
                 };
-                let body = serde_json::to_vec(&r).map_err(|e| EnrollError::Internal(store_err(e)))?;
+                let body =
+                    serde_json::to_vec(&r).map_err(|e| EnrollError::Internal(store_err(e)))?;
                 self.inner
                     .devices
                     .create(device_key(tenant_id, &r.id), body.into())
@@ -516,31 +556,28 @@ impl Authority {
                 (r, None)
             }
         };
-        if let Some(old) = &old_key {
-            // The machine moved to a new key: the old one must stop working now.
-            self.revoke(tenant_id, old).await?;
-        }
+        let (tenant, signer) = match &old_key {
+            Some(old) => {
+                // The machine moved to a new key: the old one must stop working now.
+                self.revoke(tenant_id, old).await?;
+                self.signer(tenant_id).await?
+            }
+            None => (tenant, signer),
+        };
         let issued = self
-            .issue_device_jwt(tenant_id, &record.id, &req.public_key, None)
-            .await
+            .issue_device_with(&tenant, &signer, &record.id, &req.public_key, None)
             .map_err(|e| match e {
                 AuthorityError::Revoked(_) => EnrollError::BadRequest(
                     "this public key was revoked; generate a new key".into(),
                 ),
                 other => EnrollError::Internal(other),
             })?;
-        let device = record.id.clone();
-        let _ = self
-            .update_token(hash, |r| {
-                if !r.devices.contains(&device) {
-                    r.devices.push(device.clone());
-                }
-                Ok(())
-            })
-            .await;
         let ca = match &self.inner.cfg.nats_ca {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|e| EnrollError::Internal(AuthorityError::Store(format!("cannot read the NATS CA: {e}"))))?,
+            Some(p) => std::fs::read_to_string(p).map_err(|e| {
+                EnrollError::Internal(AuthorityError::Store(format!(
+                    "cannot read the NATS CA: {e}"
+                )))
+            })?,
             None => String::new(),
         };
         let mut a = AuditEntry::new("enroll", "enrollment", "ok");
@@ -567,7 +604,11 @@ impl Authority {
 
     /// Revokes a device: marks it revoked (renewals refused) and revokes its key (its live
     /// connections drop at once). Coming back needs a new enrollment token.
-    pub async fn revoke_device(&self, tenant: &TenantId, device: &DeviceId) -> Result<DeviceRecord, AuthorityError> {
+    pub async fn revoke_device(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> Result<DeviceRecord, AuthorityError> {
         let record = loop {
             let Some((mut r, rev)) = self.device_entry(tenant, device).await? else {
                 return Err(AuthorityError::Store(format!(
@@ -577,7 +618,12 @@ impl Authority {
             r.state = DeviceState::Revoked;
             r.revoked_at = Some(time::now());
             let body = serde_json::to_vec(&r).map_err(store_err)?;
-            match self.inner.devices.update(device_key(tenant, device), body.into(), rev).await {
+            match self
+                .inner
+                .devices
+                .update(device_key(tenant, device), body.into(), rev)
+                .await
+            {
                 Ok(_) => break r,
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(store_err(e)),
@@ -592,14 +638,20 @@ impl Authority {
     }
 
     /// The tenant whose account this is (cached).
-    pub async fn tenant_by_account(&self, account: &AccountKey) -> Result<Option<TenantId>, AuthorityError> {
+    pub async fn tenant_by_account(
+        &self,
+        account: &AccountKey,
+    ) -> Result<Option<TenantId>, AuthorityError> {
         if let Ok(c) = self.inner.accounts.lock()
             && let Some(t) = c.get(account)
         {
             return Ok(Some(t.clone()));
         }
         let all = self.tenants().await?;
-        let found = all.iter().find(|t| t.account == *account).map(|t| t.id.clone());
+        let found = all
+            .iter()
+            .find(|t| t.account == *account)
+            .map(|t| t.id.clone());
         if let Ok(mut c) = self.inner.accounts.lock() {
             for t in all {
                 c.insert(t.account, t.id);
@@ -651,7 +703,12 @@ impl Authority {
             r.public_key = key;
             r.renewed_at = Some(time::now());
             let body = serde_json::to_vec(&r).map_err(|e| EnrollError::Internal(store_err(e)))?;
-            match self.inner.devices.update(device_key(&tenant, device), body.into(), rev).await {
+            match self
+                .inner
+                .devices
+                .update(device_key(&tenant, device), body.into(), rev)
+                .await
+            {
                 Ok(_) => {
                     if old != r.public_key {
                         // The old key's JWT lapses on its own (it is short); it is never renewed
@@ -670,7 +727,12 @@ impl Authority {
     }
 }
 
-fn verify_proof(device: &DeviceId, old: &str, new: &UserKey, proof: &str) -> Result<(), EnrollError> {
+fn verify_proof(
+    device: &DeviceId,
+    old: &str,
+    new: &UserKey,
+    proof: &str,
+) -> Result<(), EnrollError> {
     use base64::Engine;
     let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(proof)
@@ -688,4 +750,3 @@ fn data_encoding_lower(bytes: &[u8]) -> String {
     }
     s
 }
-

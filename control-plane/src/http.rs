@@ -91,7 +91,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .route(ENROLL_PATH, post(enroll))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
         .layer(DefaultBodyLimit::max(MAX_ENROLL_BODY))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
@@ -99,21 +101,31 @@ pub fn router(state: AppState) -> Router {
 
 async fn security_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::STRICT_TRANSPORT_SECURITY,
         HeaderValue::from_static("max-age=31536000"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     r
 }
 
 async fn health(State(s): State<AppState>) -> Response {
     let nats = s.auth.cp_client().connection_state();
     let ok = matches!(nats, async_nats::connection::State::Connected);
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         Json(serde_json::json!({"status": if ok { "ok" } else { "degraded" }, "nats": nats.to_string()})),
@@ -139,7 +151,11 @@ async fn enroll(
     let m = s.auth.metrics();
     let gate = s.gate.check(ip, now).await.map_err(|e| {
         tracing::error!(error = %e, "Enrollment gate failed.");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again later")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "try again later",
+        )
     })?;
     match gate {
         Gate::Allowed => {}

@@ -42,22 +42,58 @@ impl Metrics {
         let counter = |s: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
-        let by_reason = |s: &mut String, name: &str, help: &str, m: &Mutex<BTreeMap<String, u64>>| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
-            if let Ok(m) = m.lock() {
-                for (reason, v) in m.iter() {
-                    let _ = writeln!(s, "{name}{{reason=\"{reason}\"}} {v}");
+        let by_reason =
+            |s: &mut String, name: &str, help: &str, m: &Mutex<BTreeMap<String, u64>>| {
+                let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+                if let Ok(m) = m.lock() {
+                    for (reason, v) in m.iter() {
+                        let _ = writeln!(s, "{name}{{reason=\"{reason}\"}} {v}");
+                    }
                 }
-            }
-        };
+            };
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(&mut s, "wegweiser_enrollments_total", "Successful enrollments.", load(&self.enroll_ok));
-        by_reason(&mut s, "wegweiser_enrollments_refused_total", "Refused enrollments by reason.", &self.enroll_refused);
-        counter(&mut s, "wegweiser_enroll_rate_limited_total", "Enrollment requests refused by the per-address rate limit.", load(&self.rate_limited));
-        counter(&mut s, "wegweiser_enroll_blocked_requests_total", "Enrollment requests from blocked or denied addresses.", load(&self.blocked_requests));
-        counter(&mut s, "wegweiser_ip_blocks_total", "Addresses blocked after repeated failures.", load(&self.blocks));
-        counter(&mut s, "wegweiser_renewals_total", "Successful credential renewals.", load(&self.renew_ok));
-        by_reason(&mut s, "wegweiser_renewals_refused_total", "Refused renewals by reason.", &self.renew_refused);
+        counter(
+            &mut s,
+            "wegweiser_enrollments_total",
+            "Successful enrollments.",
+            load(&self.enroll_ok),
+        );
+        by_reason(
+            &mut s,
+            "wegweiser_enrollments_refused_total",
+            "Refused enrollments by reason.",
+            &self.enroll_refused,
+        );
+        counter(
+            &mut s,
+            "wegweiser_enroll_rate_limited_total",
+            "Enrollment requests refused by the per-address rate limit.",
+            load(&self.rate_limited),
+        );
+        counter(
+            &mut s,
+            "wegweiser_enroll_blocked_requests_total",
+            "Enrollment requests from blocked or denied addresses.",
+            load(&self.blocked_requests),
+        );
+        counter(
+            &mut s,
+            "wegweiser_ip_blocks_total",
+            "Addresses blocked after repeated failures.",
+            load(&self.blocks),
+        );
+        counter(
+            &mut s,
+            "wegweiser_renewals_total",
+            "Successful credential renewals.",
+            load(&self.renew_ok),
+        );
+        by_reason(
+            &mut s,
+            "wegweiser_renewals_refused_total",
+            "Refused renewals by reason.",
+            &self.renew_refused,
+        );
         s
     }
 }
@@ -73,6 +109,9 @@ mod tests {
         Metrics::refused(&m.enroll_refused, "token_expired");
         let text = m.render();
         assert!(text.contains("wegweiser_enrollments_total 2"), "{text}");
-        assert!(text.contains("wegweiser_enrollments_refused_total{reason=\"token_expired\"} 1"), "{text}");
+        assert!(
+            text.contains("wegweiser_enrollments_refused_total{reason=\"token_expired\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -1,12 +1,7 @@
 //! The long-running parts of `wegweiser serve`: the renewal responder on NATS, the HTTPS server,
 //! and the periodic reconciliation of tenant accounts.
 
-use crate::{
-    audit::AuditEntry,
-    authority::Authority,
-    enrollment::EnrollError,
-    metrics::Metrics,
-};
+use crate::{audit::AuditEntry, authority::Authority, enrollment::EnrollError, metrics::Metrics};
 use futures::StreamExt;
 use serde::Deserialize;
 use std::sync::{Arc, atomic::Ordering};
@@ -112,7 +107,11 @@ async fn answer(auth: &Authority, msg: &async_nats::Message) -> Result<RenewResp
         .and_then(|v| serde_json::from_str::<RequestInfo>(v.as_str()).ok());
     let presented = match &info {
         Some(i) if i.acc == account.as_str() && !i.user.is_empty() => Some(i.user.as_str()),
-        _ => return Err(EnrollError::BadRequest("request info missing or not matching".into())),
+        _ => {
+            return Err(EnrollError::BadRequest(
+                "request info missing or not matching".into(),
+            ));
+        }
     };
     let r = auth.renew(&account, &device, presented, req).await?;
     let mut a = AuditEntry::new("renew", "renewal", "ok");

@@ -360,11 +360,21 @@ impl TenantSigner {
         user: &UserKey,
         ttl: i64,
     ) -> Result<String, JwtError> {
+        Ok(self.issue_device_with_expiry(device, user, ttl)?.0)
+    }
+
+    /// Like [`TenantSigner::issue_device`], also returning the JWT's expiry.
+    pub fn issue_device_with_expiry(
+        &self,
+        device: &DeviceId,
+        user: &UserKey,
+        ttl: i64,
+    ) -> Result<(String, i64), JwtError> {
         let mut nats = UserNats::scoped();
         nats.issuer_account = Some(self.account.to_string());
-        Claims::new(user.as_str(), device.as_str(), nats)
-            .expires_in(ttl)
-            .encode(&self.device)
+        let claims = Claims::new(user.as_str(), device.as_str(), nats).expires_in(ttl);
+        let exp = claims.exp.unwrap_or_default();
+        Ok((claims.encode(&self.device)?, exp))
     }
 
     /// A technician user JWT: subscribe-only on the devices in `scope`.

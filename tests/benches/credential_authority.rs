@@ -45,7 +45,7 @@ async fn run(quick: bool) {
         .unwrap();
 
     // 1. Issuance on one core.
-    let (_, signer): (_, TenantSigner) = p.auth.signer(&t.id).await.unwrap();
+    let (_, signer): (_, Arc<TenantSigner>) = p.auth.signer(&t.id).await.unwrap();
     let n = if quick { 20_000 } else { 200_000 };
     let users: Vec<UserKey> = (0..1000)
         .map(|_| nkeys::KeyPair::new_user().public_key().parse().unwrap())

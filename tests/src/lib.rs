@@ -83,7 +83,8 @@ impl Platform {
         })?;
         if opts.enrollment.is_some() || opts.device_ttl.is_some() {
             let path = data.join(wegweiser_cp::config::CONFIG_FILE);
-            let mut cfg: wegweiser_cp::config::Config = toml::from_str(&std::fs::read_to_string(&path)?)?;
+            let mut cfg: wegweiser_cp::config::Config =
+                toml::from_str(&std::fs::read_to_string(&path)?)?;
             if let Some(e) = opts.enrollment {
                 cfg.enrollment = e;
             }
@@ -176,7 +177,11 @@ impl Platform {
     /// POSTs a JSON body to the enrollment endpoint; returns status and JSON answer.
     pub async fn post_enroll(&self, body: Vec<u8>) -> anyhow::Result<(u16, serde_json::Value)> {
         let agent = self.https();
-        let url = format!("{}{}", self.https_url(), wegweiser_shared::enroll::ENROLL_PATH);
+        let url = format!(
+            "{}{}",
+            self.https_url(),
+            wegweiser_shared::enroll::ENROLL_PATH
+        );
         tokio::task::spawn_blocking(move || {
             let mut r = agent
                 .post(&url)

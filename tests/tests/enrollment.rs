@@ -31,14 +31,21 @@ fn facts(machine: &str) -> DeviceFacts {
 }
 
 fn body(token: &str, key: &str, machine: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"token": token, "public_key": key, "facts": facts(machine)})).unwrap()
+    serde_json::to_vec(
+        &serde_json::json!({"token": token, "public_key": key, "facts": facts(machine)}),
+    )
+    .unwrap()
 }
 
 async fn setup(opts: PlatformOptions) -> (Platform, TenantId, wegweiser_cp::cli::ServiceTasks) {
     let p = Platform::start_with(opts).await.unwrap();
     let t = p
         .auth
-        .create_tenant(NewTenant { id: "acme".parse().unwrap(), name: None, limits: None })
+        .create_tenant(NewTenant {
+            id: "acme".parse().unwrap(),
+            name: None,
+            limits: None,
+        })
         .await
         .unwrap();
     let tasks = p.serve().await.unwrap();
@@ -66,35 +73,87 @@ async fn enrollment_issues_a_working_device_identity() {
     let (p, tenant, _tasks) = setup(PlatformOptions::default()).await;
     let tok = token(&p, &tenant, 1, None).await;
     let kp = Arc::new(nkeys::KeyPair::new_user());
-    let (status, v) = p.post_enroll(body(&tok, &kp.public_key(), "m-1")).await.unwrap();
+    let (status, v) = p
+        .post_enroll(body(&tok, &kp.public_key(), "m-1"))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{v}");
     let device: DeviceId = v["device_id"].as_str().unwrap().parse().unwrap();
     let account = v["account"].as_str().unwrap().to_owned();
-    assert!(v["nats_ca_pem"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+    assert!(
+        v["nats_ca_pem"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
     assert_eq!(v["reenrolled"], false);
     // The device record names the token that enrolled it, and the token lists the device.
-    let (rec, _) = p.auth.device_entry(&tenant, &device).await.unwrap().unwrap();
+    let (rec, _) = p
+        .auth
+        .device_entry(&tenant, &device)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(rec.organization.as_deref(), Some("client-a"));
     let tokens = p.auth.tokens(&tenant).await.unwrap();
-    assert_eq!(tokens[0].1.devices, vec![device.clone()]);
     assert_eq!(rec.enrolled_by, tokens[0].1.id);
+    assert_eq!(
+        p.auth.token_devices(&tenant).await.unwrap()[&tokens[0].1.id],
+        vec![device.clone()]
+    );
     // The JWT works: the device publishes on its own subject and the control plane sees it.
-    let conn = p.connect_user(v["jwt"].as_str().unwrap().into(), kp.clone(), device.as_str()).await.unwrap();
-    let mut sub = p.auth.cp_client().subscribe(subject::EXPORT_UP).await.unwrap();
+    let conn = p
+        .connect_user(
+            v["jwt"].as_str().unwrap().into(),
+            kp.clone(),
+            device.as_str(),
+        )
+        .await
+        .unwrap();
+    let mut sub = p
+        .auth
+        .cp_client()
+        .subscribe(subject::EXPORT_UP)
+        .await
+        .unwrap();
     p.auth.cp_client().flush().await.unwrap();
     let acc = account.parse().unwrap();
-    conn.client.publish(subject::up(&acc, &device, &[Token::from_static("hb")]), "1".into()).await.unwrap();
+    conn.client
+        .publish(
+            subject::up(&acc, &device, &[Token::from_static("hb")]),
+            "1".into(),
+        )
+        .await
+        .unwrap();
     use futures::StreamExt;
-    let m = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().unwrap();
-    assert_eq!(m.subject.as_str(), subject::up(&acc, &device, &[Token::from_static("hb")]));
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        m.subject.as_str(),
+        subject::up(&acc, &device, &[Token::from_static("hb")])
+    );
     // The same token cannot be used twice.
-    let (status, v) = p.post_enroll(body(&tok, &nkeys::KeyPair::new_user().public_key(), "m-2")).await.unwrap();
-    assert_eq!((status, v["code"].as_str()), (410, Some("token_used")), "{v}");
+    let (status, v) = p
+        .post_enroll(body(&tok, &nkeys::KeyPair::new_user().public_key(), "m-2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (410, Some("token_used")),
+        "{v}"
+    );
     // Security headers on every response.
     let agent = p.https();
     let url = format!("{}/healthz", p.https_url());
-    let r = tokio::task::spawn_blocking(move || agent.get(&url).call().unwrap()).await.unwrap();
-    assert_eq!(r.headers().get("x-content-type-options").unwrap(), "nosniff");
+    let r = tokio::task::spawn_blocking(move || agent.get(&url).call().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers().get("x-content-type-options").unwrap(),
+        "nosniff"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,9 +165,13 @@ async fn a_single_use_token_raced_by_twenty_enrollments_admits_exactly_one() {
     for i in 0..20 {
         let (p, tok) = (p.clone(), tok.clone());
         tasks.push(tokio::spawn(async move {
-            p.post_enroll(body(&tok, &nkeys::KeyPair::new_user().public_key(), &format!("race-{i}")))
-                .await
-                .unwrap()
+            p.post_enroll(body(
+                &tok,
+                &nkeys::KeyPair::new_user().public_key(),
+                &format!("race-{i}"),
+            ))
+            .await
+            .unwrap()
         }));
     }
     let mut ok = 0;
@@ -121,9 +184,14 @@ async fn a_single_use_token_raced_by_twenty_enrollments_admits_exactly_one() {
         }
     }
     assert_eq!(ok, 1);
-    assert_eq!(p.auth.devices(&tenant).await.unwrap().len(), 1, "losers created nothing");
+    assert_eq!(
+        p.auth.devices(&tenant).await.unwrap().len(),
+        1,
+        "losers created nothing"
+    );
     let t = &p.auth.tokens(&tenant).await.unwrap()[0].1;
-    assert_eq!((t.uses, t.devices.len()), (1, 1));
+    assert_eq!(t.uses, 1);
+    assert_eq!(p.auth.token_devices(&tenant).await.unwrap()[&t.id].len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,25 +201,73 @@ async fn bad_tokens_keys_and_bodies_get_clear_errors_and_create_nothing() {
     let expired = token(&p, &tenant, 1, Some(60)).await;
     let revoked = token(&p, &tenant, 1, None).await;
     let list = p.auth.tokens(&tenant).await.unwrap();
-    let revoked_id = list.iter().find(|(h, _)| *h == wegweiser_cp::enrollment::token_hash(&revoked)).unwrap().1.id.clone();
+    let revoked_id = list
+        .iter()
+        .find(|(h, _)| *h == wegweiser_cp::enrollment::token_hash(&revoked))
+        .unwrap()
+        .1
+        .id
+        .clone();
     p.auth.revoke_token(&tenant, &revoked_id).await.unwrap();
     let valid = token(&p, &tenant, 5, None).await;
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
-        ("unknown token", body("wgt_0000000000000000000000000000000000000000", &good_key, "m"), 401, "invalid_token"),
-        ("malformed token", body("hello", &good_key, "m"), 401, "invalid_token"),
-        ("revoked token", body(&revoked, &good_key, "m"), 410, "token_revoked"),
-        ("account key instead of user key", body(&valid, &nkeys::KeyPair::new_account().public_key(), "m"), 400, "bad_request"),
-        ("garbage key", body(&valid, "UNOTAKEY", "m"), 400, "bad_request"),
+        (
+            "unknown token",
+            body(
+                "wgt_0000000000000000000000000000000000000000",
+                &good_key,
+                "m",
+            ),
+            401,
+            "invalid_token",
+        ),
+        (
+            "malformed token",
+            body("hello", &good_key, "m"),
+            401,
+            "invalid_token",
+        ),
+        (
+            "revoked token",
+            body(&revoked, &good_key, "m"),
+            410,
+            "token_revoked",
+        ),
+        (
+            "account key instead of user key",
+            body(&valid, &nkeys::KeyPair::new_account().public_key(), "m"),
+            400,
+            "bad_request",
+        ),
+        (
+            "garbage key",
+            body(&valid, "UNOTAKEY", "m"),
+            400,
+            "bad_request",
+        ),
         ("not json", b"{{{".to_vec(), 400, "bad_request"),
-        ("missing fields", br#"{"token":"x"}"#.to_vec(), 400, "bad_request"),
+        (
+            "missing fields",
+            br#"{"token":"x"}"#.to_vec(),
+            400,
+            "bad_request",
+        ),
         ("oversized", vec![b' '; 20 * 1024], 400, "bad_request"),
-        ("empty machine id", body(&valid, &good_key, ""), 400, "bad_request"),
+        (
+            "empty machine id",
+            body(&valid, &good_key, ""),
+            400,
+            "bad_request",
+        ),
     ];
     for (what, b, status, code) in cases {
         let (s, v) = p.post_enroll(b).await.unwrap();
         assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{what}: {v}");
         let msg = v["message"].as_str().unwrap();
-        assert!(!msg.contains(&valid) && !msg.contains(&revoked), "{what}: the token leaked into {msg}");
+        assert!(
+            !msg.contains(&valid) && !msg.contains(&revoked),
+            "{what}: the token leaked into {msg}"
+        );
     }
     // The expired one: its record is moved past its expiry in the store.
     let kv = async_nats::jetstream::new(p.auth.cp_client().clone())
@@ -159,19 +275,33 @@ async fn bad_tokens_keys_and_bodies_get_clear_errors_and_create_nothing() {
         .await
         .unwrap();
     let h = wegweiser_cp::enrollment::token_hash(&expired);
-    let mut rec: serde_json::Value = serde_json::from_slice(&kv.get(&h).await.unwrap().unwrap()).unwrap();
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&kv.get(&h).await.unwrap().unwrap()).unwrap();
     rec["expires_at"] = (wegweiser_shared::time::now() - 1).into();
-    kv.put(&h, serde_json::to_vec(&rec).unwrap().into()).await.unwrap();
+    kv.put(&h, serde_json::to_vec(&rec).unwrap().into())
+        .await
+        .unwrap();
     let (s, v) = p.post_enroll(body(&expired, &good_key, "m")).await.unwrap();
     assert_eq!((s, v["code"].as_str()), (410, Some("token_expired")), "{v}");
-    assert!(p.auth.devices(&tenant).await.unwrap().is_empty(), "nothing was created");
+    assert!(
+        p.auth.devices(&tenant).await.unwrap().is_empty(),
+        "nothing was created"
+    );
     let v = list_uses(&p, &tenant, &valid).await;
     assert_eq!(v, 0, "failed enrollments consumed no use");
 }
 
 async fn list_uses(p: &Platform, tenant: &TenantId, token: &str) -> u32 {
     let h = wegweiser_cp::enrollment::token_hash(token);
-    p.auth.tokens(tenant).await.unwrap().into_iter().find(|(k, _)| *k == h).unwrap().1.uses
+    p.auth
+        .tokens(tenant)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| *k == h)
+        .unwrap()
+        .1
+        .uses
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,13 +323,25 @@ async fn repeated_failures_block_an_address_until_the_block_expires() {
     // Blocked now, even with a valid token.
     let key = nkeys::KeyPair::new_user().public_key();
     let (s, v) = p.post_enroll(body(&valid, &key, "m")).await.unwrap();
-    assert_eq!((s, v["code"].as_str()), (403, Some("address_blocked")), "{v}");
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (403, Some("address_blocked")),
+        "{v}"
+    );
     let metrics = {
         let agent = p.https();
         let url = format!("{}/metrics", p.https_url());
-        tokio::task::spawn_blocking(move || agent.get(&url).call().unwrap().body_mut().read_to_string().unwrap())
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            agent
+                .get(&url)
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_to_string()
+                .unwrap()
+        })
+        .await
+        .unwrap()
     };
     assert!(metrics.contains("wegweiser_ip_blocks_total 1"), "{metrics}");
     // The block expires.
@@ -224,7 +366,10 @@ async fn allow_listed_addresses_are_never_blocked_and_denied_ones_always_are() {
         assert_ne!(v["code"], "address_blocked", "{s} {v}");
     }
     let valid = token(&p, &tenant, 1, None).await;
-    let (s, _) = p.post_enroll(body(&valid, &nkeys::KeyPair::new_user().public_key(), "m")).await.unwrap();
+    let (s, _) = p
+        .post_enroll(body(&valid, &nkeys::KeyPair::new_user().public_key(), "m"))
+        .await
+        .unwrap();
     assert_eq!(s, 200);
     drop(p);
     let (p, tenant, _tasks) = setup(PlatformOptions {
@@ -236,15 +381,29 @@ async fn allow_listed_addresses_are_never_blocked_and_denied_ones_always_are() {
     })
     .await;
     let valid = token(&p, &tenant, 1, None).await;
-    let (s, v) = p.post_enroll(body(&valid, &nkeys::KeyPair::new_user().public_key(), "m")).await.unwrap();
-    assert_eq!((s, v["code"].as_str()), (403, Some("address_denied")), "{v}");
+    let (s, v) = p
+        .post_enroll(body(&valid, &nkeys::KeyPair::new_user().public_key(), "m"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (403, Some("address_denied")),
+        "{v}"
+    );
 }
 
 /// Enrolls through HTTPS and returns (device, account, jwt, key).
-async fn enroll(p: &Platform, tenant: &TenantId, machine: &str) -> (DeviceId, String, String, Arc<nkeys::KeyPair>) {
+async fn enroll(
+    p: &Platform,
+    tenant: &TenantId,
+    machine: &str,
+) -> (DeviceId, String, String, Arc<nkeys::KeyPair>) {
     let tok = token(p, tenant, 1, None).await;
     let kp = Arc::new(nkeys::KeyPair::new_user());
-    let (status, v) = p.post_enroll(body(&tok, &kp.public_key(), machine)).await.unwrap();
+    let (status, v) = p
+        .post_enroll(body(&tok, &kp.public_key(), machine))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{v}");
     (
         v["device_id"].as_str().unwrap().parse().unwrap(),
@@ -254,41 +413,89 @@ async fn enroll(p: &Platform, tenant: &TenantId, machine: &str) -> (DeviceId, St
     )
 }
 
-async fn renew(conn: &async_nats::Client, account: &str, device: &DeviceId, req: &RenewRequest) -> RenewResponse {
-    let subj = subject::up(&account.parse().unwrap(), device, &[Token::from_static("renew")]);
-    let r = conn.request(subj, serde_json::to_vec(req).unwrap().into()).await.unwrap();
+async fn renew(
+    conn: &async_nats::Client,
+    account: &str,
+    device: &DeviceId,
+    req: &RenewRequest,
+) -> RenewResponse {
+    let subj = subject::up(
+        &account.parse().unwrap(),
+        device,
+        &[Token::from_static("renew")],
+    );
+    let r = conn
+        .request(subj, serde_json::to_vec(req).unwrap().into())
+        .await
+        .unwrap();
     serde_json::from_slice(&r.payload).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_over_nats_moves_the_device_to_a_fresh_jwt_and_a_new_key() {
-    let (p, tenant, _tasks) = setup(PlatformOptions { device_ttl: Some(20), ..Default::default() }).await;
+    let (p, tenant, _tasks) = setup(PlatformOptions {
+        device_ttl: Some(20),
+        ..Default::default()
+    })
+    .await;
     let (device, account, jwt, kp) = enroll(&p, &tenant, "renew-1").await;
-    let conn = p.connect_user(jwt.clone(), kp.clone(), device.as_str()).await.unwrap();
-    let RenewResponse::Ok { jwt: fresh, expires_at } = renew(&conn.client, &account, &device, &RenewRequest::default()).await else {
+    let conn = p
+        .connect_user(jwt.clone(), kp.clone(), device.as_str())
+        .await
+        .unwrap();
+    let RenewResponse::Ok {
+        jwt: fresh,
+        expires_at,
+    } = renew(&conn.client, &account, &device, &RenewRequest::default()).await
+    else {
         panic!("renewal refused")
     };
     assert_ne!(fresh, jwt);
     assert!(expires_at > wegweiser_shared::time::now() + 10);
     conn.jwt.set(fresh);
     conn.client.force_reconnect().await.unwrap();
-    assert!(conn.events.wait_for(Duration::from_secs(5), |e| matches!(e, Event::Connected)).await);
-    assert!(!conn.events.saw_authorization_error(), "{:?}", conn.events.all());
+    assert!(
+        conn.events
+            .wait_for(Duration::from_secs(5), |e| matches!(e, Event::Connected))
+            .await
+    );
+    assert!(
+        !conn.events.saw_authorization_error(),
+        "{:?}",
+        conn.events.all()
+    );
     // Key rotation: prove the new key, get a JWT for it.
     let new_kp = nkeys::KeyPair::new_user();
     let new_key = new_kp.public_key().parse().unwrap();
     use base64::Engine;
     let proof = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-        new_kp.sign(&wegweiser_shared::enroll::new_key_proof_message(&device, &kp.public_key(), &new_key)).unwrap(),
+        new_kp
+            .sign(&wegweiser_shared::enroll::new_key_proof_message(
+                &device,
+                &kp.public_key(),
+                &new_key,
+            ))
+            .unwrap(),
     );
     let bad = RenewRequest {
-        new_key: Some(wegweiser_shared::enroll::NewKey { public_key: new_key.clone(), proof: proof.replace('A', "B") }),
+        new_key: Some(wegweiser_shared::enroll::NewKey {
+            public_key: new_key.clone(),
+            proof: proof.replace('A', "B"),
+        }),
     };
-    assert!(matches!(renew(&conn.client, &account, &device, &bad).await, RenewResponse::Refused(_)));
+    assert!(matches!(
+        renew(&conn.client, &account, &device, &bad).await,
+        RenewResponse::Refused(_)
+    ));
     let good = RenewRequest {
-        new_key: Some(wegweiser_shared::enroll::NewKey { public_key: new_key.clone(), proof }),
+        new_key: Some(wegweiser_shared::enroll::NewKey {
+            public_key: new_key.clone(),
+            proof,
+        }),
     };
-    let RenewResponse::Ok { jwt: rotated, .. } = renew(&conn.client, &account, &device, &good).await else {
+    let RenewResponse::Ok { jwt: rotated, .. } =
+        renew(&conn.client, &account, &device, &good).await
+    else {
         panic!("rotation refused")
     };
     let c: wegweiser_shared::jwt::Claims<wegweiser_shared::jwt::UserNats> =
@@ -305,12 +512,17 @@ async fn renewal_over_nats_moves_the_device_to_a_fresh_jwt_and_a_new_key() {
 async fn revoking_a_device_drops_it_at_once_and_refuses_renewal() {
     let (p, tenant, _tasks) = setup(PlatformOptions::default()).await;
     let (device, account, jwt, kp) = enroll(&p, &tenant, "revoke-1").await;
-    let conn = p.connect_user(jwt, kp.clone(), device.as_str()).await.unwrap();
+    let conn = p
+        .connect_user(jwt, kp.clone(), device.as_str())
+        .await
+        .unwrap();
     let started = Instant::now();
     let rec = p.auth.revoke_device(&tenant, &device).await.unwrap();
     assert_eq!(rec.state, DeviceState::Revoked);
     assert!(
-        conn.events.wait_for(Duration::from_secs(1), |e| matches!(e, Event::Disconnected)).await,
+        conn.events
+            .wait_for(Duration::from_secs(1), |e| matches!(e, Event::Disconnected))
+            .await,
         "still connected {:?} after revoke",
         started.elapsed()
     );
@@ -318,18 +530,33 @@ async fn revoking_a_device_drops_it_at_once_and_refuses_renewal() {
     // its own. The revoked device itself cannot connect to ask. The responder refuses directly:
     let r = p
         .auth
-        .renew(&account.parse().unwrap(), &device, Some(&kp.public_key()), RenewRequest::default())
+        .renew(
+            &account.parse().unwrap(),
+            &device,
+            Some(&kp.public_key()),
+            RenewRequest::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(r.code(), "revoked");
     // Coming back needs a new token (and then it is the same device, on a new key).
     let tok = token(&p, &tenant, 1, None).await;
     let kp2 = nkeys::KeyPair::new_user();
-    let (s, v) = p.post_enroll(body(&tok, &kp2.public_key(), "revoke-1")).await.unwrap();
+    let (s, v) = p
+        .post_enroll(body(&tok, &kp2.public_key(), "revoke-1"))
+        .await
+        .unwrap();
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["device_id"].as_str().unwrap(), device.as_str());
     assert_eq!(v["reenrolled"], true);
     // The old key stays banned.
-    let (s, v) = p.post_enroll(body(&token(&p, &tenant, 1, None).await, &kp.public_key(), "other-machine")).await.unwrap();
+    let (s, v) = p
+        .post_enroll(body(
+            &token(&p, &tenant, 1, None).await,
+            &kp.public_key(),
+            "other-machine",
+        ))
+        .await
+        .unwrap();
     assert_eq!(s, 400, "{v}");
 }
