@@ -969,7 +969,7 @@ async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
             format!(
                 "Wegweiser is up.\n  nats-server {version} at {} (log: {})\n  control plane: {}\n  demo tenant: {} (account {})\n\n\
                  Enroll an agent on this machine (one-time token, valid 1 h), in another terminal:\n  \
-                 cargo build --release -p wegweiser-agent && target/release/{enroll} --state-dir {dd}/agent\n  \
+                 target/release/{enroll} --state-dir {dd}/agent\n  \
                  target/release/wegweiser-agent run --state-dir {dd}/agent\n\n\
                  Then: target/release/wegweiser --data-dir {dd} device list --tenant {}\n\n\
                  Press Ctrl-C to stop.",

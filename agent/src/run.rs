@@ -1,0 +1,719 @@
+//! `run`: stay connected to NATS, send heartbeats, renew the credentials before they expire.
+//!
+//! - **Connection**: TLS trusting only `nats-ca.pem`; the auth callback signs the server's nonce
+//!   with the *current* key and presents the *current* JWT, read from shared state on every
+//!   (re)connect, so renewed credentials apply on the next reconnect; replies arrive under
+//!   `_INBOX.<device>`; reconnects back off with full jitter (250 ms … 30 s), forever.
+//! - **Heartbeats** on `wg.<account>.up.<device>.hb` at every connect and every
+//!   `heartbeat_secs`.
+//! - **Renewal** at about half of the remaining lifetime (±10 %), by request on
+//!   `wg.<account>.up.<device>.renew`, optionally moving to a new key; the new credentials are
+//!   stored, swapped in, and a reconnect makes the server see them. Transport failures are
+//!   retried with backoff; a refusal with code `revoked` or `unknown_device` stops the agent
+//!   ([`RunError::ReenrollRequired`], exit code 78).
+//! - **Revocation**: revoking a device also revokes its key in the account JWT, so the server
+//!   drops the connection ("User Authentication Revoked") and the device can no longer reach the
+//!   renewal responder. When the server reports the key the connection presented as revoked,
+//!   the agent stops the same way (code `revoked`, exit code 78) instead of retrying forever.
+//! - **Shutdown** when the given future completes: flush, drain, write `stopped`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wegweiser_agent::run::RunError> {
+//! let paths = wegweiser_agent::paths::Paths::in_dir("/tmp/agent");
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let agent = tokio::spawn(async move {
+//!     wegweiser_agent::run::run(&paths, async { let _ = stopped.await; }).await
+//! });
+//! // … later:
+//! let _ = stop.send(());
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::{
+    config::AgentConfig,
+    paths::Paths,
+    schedule,
+    status::{State, StatusFile},
+    store::{self, Credentials, StoreError},
+};
+use async_nats::{AuthError, Client, ConnectOptions, Event, connection::State as ConnState};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use rand::SeedableRng;
+use serde::Serialize;
+use std::{
+    future::Future,
+    sync::{
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+use tokio::sync::Notify;
+use wegweiser_shared::{
+    enroll::{NewKey, RENEW_TOKEN, RenewRequest, RenewResponse, new_key_proof_message},
+    ids::{DeviceId, UserKey},
+    secret::SecretString,
+    subject::{self, Token},
+    time::now,
+};
+
+/// Subject token of heartbeats.
+pub const HEARTBEAT_TOKEN: &str = "hb";
+/// How long a renewal request may take.
+pub const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the connection to drain.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// Renewal refusals after which the device can only enroll again.
+pub const REENROLL_CODES: [&str; 2] = ["revoked", "unknown_device"];
+/// Reconnect delay once `run` has returned (see `Shared::stopped`).
+const STOPPED_RETRY_DELAY: Duration = Duration::from_secs(86_400);
+/// Largest renewal answer accepted.
+const MAX_RENEW_RESPONSE: usize = 64 * 1024;
+/// Longest single sleep while waiting for a renewal: the wall clock is checked again after it,
+/// so a machine that slept (suspend) renews on time.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The enrollment could not be loaded.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Another agent process runs on the same files.
+    #[error(
+        "another wegweiser-agent is already running with {path}; stop it first (two agents would fight over one identity)"
+    )]
+    AlreadyRunning {
+        /// The lock file.
+        path: String,
+    },
+    /// The lock file could not be opened.
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The NATS client could not be set up (bad server URL).
+    #[error("cannot start the NATS client: {0}")]
+    Connect(String),
+    /// The device's credentials were revoked or its record is gone: it must enroll again.
+    #[error(
+        "this device must be enrolled again ({code}: {message}); get a new token and run `wegweiser-agent enroll --force --url URL --token TOKEN`"
+    )]
+    ReenrollRequired {
+        /// The refusal code (`revoked`, `unknown_device`).
+        code: String,
+        /// The control plane's message.
+        message: String,
+    },
+}
+
+/// Why one renewal attempt failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RenewError {
+    /// The request did not get an answer (not connected, no responder, timeout).
+    #[error("renewal request failed: {0}")]
+    Transport(String),
+    /// The answer was not a usable renewal response.
+    #[error("unexpected renewal answer: {0}")]
+    BadResponse(String),
+    /// The control plane refused.
+    #[error("renewal refused ({code}): {message}")]
+    Refused {
+        /// Stable code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// The new credentials could not be stored (they are not used then).
+    #[error("cannot store the renewed credentials: {0}")]
+    Store(#[from] StoreError),
+    /// A key could not be made or could not sign.
+    #[error("key error: {0}")]
+    Key(String),
+}
+
+/// A heartbeat (minimal for now; a later issue defines the real schema).
+#[derive(Debug, Clone, Serialize)]
+pub struct Heartbeat<'a> {
+    /// Counts from 1 in each process.
+    pub seq: u64,
+    /// Unix seconds.
+    pub ts: i64,
+    /// The agent's version.
+    pub agent_version: &'a str,
+    /// When the current JWT expires.
+    pub jwt_expires_at: Option<i64>,
+}
+
+/// What the connection callbacks and the tasks share.
+#[derive(Debug)]
+struct Shared {
+    /// The credentials the auth callback presents; replaced on renewal.
+    credentials: RwLock<Credentials>,
+    /// The public key presented on the latest (re)connect.
+    presented: Mutex<Option<String>>,
+    /// Set before a reconnect the agent asked for, so it is not reported as a failure.
+    expect_reconnect: AtomicBool,
+    /// Set when `run` returns: late events no longer touch the status, and a client that never
+    /// connected stops retrying (async-nats keeps its connect loop alive otherwise).
+    stopped: AtomicBool,
+    /// Signalled on every connect (heartbeat at connect).
+    connected: Notify,
+    /// Signalled when the connection is closed (end of drain).
+    closed: Notify,
+    /// Signalled when the server revoked the key the connection presented.
+    revoked: Notify,
+    /// The file `status` reads.
+    status: StatusFile,
+    /// This device.
+    device: DeviceId,
+}
+
+impl Shared {
+    fn current(&self) -> Credentials {
+        self.credentials
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace(&self, credentials: Credentials) {
+        *self
+            .credentials
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = credentials;
+    }
+}
+
+/// Runs the agent from the files at `paths` until `shutdown` completes (then `Ok`) or the device
+/// must enroll again ([`RunError::ReenrollRequired`]).
+pub async fn run(paths: &Paths, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    // Locked before loading: loading may finish an interrupted key rotation.
+    let lock_path = paths.lock_file();
+    let lock = if paths.state_dir().is_dir() {
+        crate::platform::try_lock(&lock_path).map(Some)
+    } else {
+        Ok(None) // Not enrolled: loading says so.
+    };
+    let _lock = match lock {
+        Ok(Some(Some(lock))) => Some(lock),
+        Ok(None) => None,
+        Ok(Some(None)) => {
+            return Err(RunError::AlreadyRunning {
+                path: lock_path.display().to_string(),
+            });
+        }
+        Err(source) => {
+            return Err(RunError::Lock {
+                path: lock_path.display().to_string(),
+                source,
+            });
+        }
+    };
+    let store::Enrollment {
+        config,
+        credentials,
+    } = store::load(paths)?;
+    let status = StatusFile::start(
+        paths.status_file(),
+        config.device_id.as_str(),
+        credentials.expires_at(),
+    );
+    tracing::info!(
+        device = %config.device_id,
+        tenant = %config.tenant,
+        servers = ?config.nats_urls,
+        public_key = %credentials.public_key(),
+        jwt_expires_at = ?credentials.expires_at(),
+        "Starting."
+    );
+    warn_if_expired(&credentials, &status);
+
+    let shared = Arc::new(Shared {
+        credentials: RwLock::new(credentials),
+        presented: Mutex::new(None),
+        expect_reconnect: AtomicBool::new(false),
+        stopped: AtomicBool::new(false),
+        connected: Notify::new(),
+        closed: Notify::new(),
+        revoked: Notify::new(),
+        status: status.clone(),
+        device: config.device_id.clone(),
+    });
+    let options = connect_options(&config, paths, shared.clone());
+    let client = match options.connect(config.nats_urls.as_slice()).await {
+        Ok(c) => c,
+        Err(e) => {
+            status.set_state(State::Stopped, Some(e.to_string()));
+            return Err(RunError::Connect(e.to_string()));
+        }
+    };
+
+    let heartbeats = tokio::spawn(heartbeat_loop(
+        client.clone(),
+        config.clone(),
+        shared.clone(),
+    ));
+    let result = tokio::select! {
+        () = shutdown => {
+            tracing::info!("Shutting down.");
+            Ok(())
+        }
+        e = renew_loop(client.clone(), config, paths.clone(), shared.clone()) => Err(e),
+        () = shared.revoked.notified() => {
+            tracing::error!(
+                device = %shared.device,
+                "The NATS server revoked this device's key: it must be enrolled again with a new token."
+            );
+            Err(RunError::ReenrollRequired {
+                code: "revoked".to_owned(),
+                message: "the NATS server revoked this device's key".to_owned(),
+            })
+        }
+    };
+    heartbeats.abort();
+
+    let was_connected = client.connection_state() == ConnState::Connected;
+    if was_connected {
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    }
+    match client.drain().await {
+        Ok(()) if was_connected => {
+            let _ = tokio::time::timeout(DRAIN_GRACE, shared.closed.notified()).await;
+        }
+        Ok(()) => {}
+        Err(e) => tracing::warn!(error = %e, "Cannot drain the connection."),
+    }
+    shared.stopped.store(true, Ordering::SeqCst);
+    match &result {
+        Ok(()) => status.set_state(State::Stopped, None),
+        Err(e) => status.set_state(State::ReenrollRequired, Some(e.to_string())),
+    }
+    tracing::info!("Stopped.");
+    result
+}
+
+fn warn_if_expired(credentials: &Credentials, status: &StatusFile) {
+    if let Some(exp) = credentials.expires_at()
+        && exp <= now()
+    {
+        let msg = format!(
+            "the device's credentials expired at {exp}; the servers will refuse them and they cannot be renewed without a connection: enroll again with a new token"
+        );
+        tracing::error!(expired_at = exp, "{msg}");
+        status.set_state(State::Starting, Some(msg));
+    }
+}
+
+fn connect_options(config: &AgentConfig, paths: &Paths, shared: Arc<Shared>) -> ConnectOptions {
+    let auth_state = shared.clone();
+    ConnectOptions::with_auth_callback(move |nonce| {
+        let creds = auth_state.current();
+        *auth_state
+            .presented
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(creds.public_key());
+        async move {
+            let signature = creds
+                .key()
+                .sign(&nonce)
+                .map_err(|e| AuthError::new(format!("cannot sign the server nonce: {e}")))?;
+            let mut auth = async_nats::Auth::new();
+            auth.jwt = Some(creds.jwt().expose().to_owned());
+            auth.signature = Some(signature);
+            Ok(auth)
+        }
+    })
+    .name(format!("wegweiser-agent/{}", env!("CARGO_PKG_VERSION")))
+    .custom_inbox_prefix(subject::inbox_prefix(config.device_id.as_str()))
+    .add_root_certificates(paths.ca_file())
+    .require_tls(true)
+    .connection_timeout(Duration::from_secs(10))
+    .retry_on_initial_connect()
+    .max_reconnects(None)
+    .reconnect_delay_callback({
+        let shared = shared.clone();
+        move |attempt| {
+            if shared.stopped.load(Ordering::SeqCst) {
+                return STOPPED_RETRY_DELAY;
+            }
+            schedule::reconnect_delay(attempt, &mut rand::thread_rng())
+        }
+    })
+    .event_callback(move |event| {
+        let shared = shared.clone();
+        async move { on_event(event, &shared) }
+    })
+}
+
+fn on_event(event: Event, shared: &Shared) {
+    if shared.stopped.load(Ordering::SeqCst) {
+        return;
+    }
+    let (status, device) = (&shared.status, &shared.device);
+    match event {
+        Event::Connected => {
+            tracing::info!(device = %device, "Connected.");
+            status.set_state(State::Connected, None);
+            shared.connected.notify_one();
+        }
+        Event::Disconnected => {
+            if shared.expect_reconnect.swap(false, Ordering::SeqCst) {
+                tracing::info!(device = %device, "Reconnecting with the renewed credentials.");
+            } else {
+                tracing::warn!(device = %device, "Disconnected; reconnecting.");
+            }
+            status.set_state(State::Disconnected, None);
+        }
+        Event::ServerError(e) => {
+            let msg = e.to_string();
+            let current = shared.current();
+            if msg.to_ascii_lowercase().contains("revoked") {
+                // Only a revocation of the key this connection presented is final: after a
+                // key rotation, the old connection may still be told about the old key.
+                let presented = shared
+                    .presented
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                if presented.as_deref() == Some(current.public_key().as_str()) {
+                    shared.revoked.notify_one();
+                }
+            }
+            if current.expires_at().is_some_and(|exp| exp <= now()) {
+                tracing::error!(error = %msg, "Server error; the device's credentials have expired: enroll again with a new token.");
+            } else {
+                tracing::warn!(error = %msg, "Server error.");
+            }
+            status.update(|s| s.last_error = Some(format!("server: {msg}")));
+        }
+        Event::ClientError(e) => {
+            let msg = e.to_string();
+            if shared
+                .current()
+                .expires_at()
+                .is_some_and(|exp| exp <= now())
+            {
+                tracing::error!(error = %msg, "Cannot connect; the device's credentials have expired: enroll again with a new token.");
+            } else {
+                tracing::warn!(error = %msg, "Connection error.");
+            }
+            status.update(|s| s.last_error = Some(msg));
+        }
+        Event::LameDuckMode => tracing::info!("Server entering lame duck mode; will move."),
+        Event::SlowConsumer(sid) => tracing::warn!(sid, "Slow consumer."),
+        Event::Draining => tracing::debug!("Draining."),
+        Event::Closed => {
+            tracing::debug!("Connection closed.");
+            shared.closed.notify_one();
+        }
+    }
+}
+
+async fn heartbeat_loop(client: Client, config: AgentConfig, shared: Arc<Shared>) {
+    let subject = subject::up(
+        &config.account,
+        &config.device_id,
+        &[Token::from_static(HEARTBEAT_TOKEN)],
+    );
+    let every = Duration::from_secs(config.heartbeat_secs.max(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut seq = 0u64;
+    loop {
+        let on_connect = tokio::select! {
+            () = shared.connected.notified() => true,
+            _ = tick.tick() => false,
+        };
+        if on_connect {
+            tick.reset();
+        } else if client.connection_state() != ConnState::Connected {
+            // Heartbeats queued while offline would arrive late and stale.
+            continue;
+        }
+        seq += 1;
+        let ts = now();
+        let heartbeat = Heartbeat {
+            seq,
+            ts,
+            agent_version: env!("CARGO_PKG_VERSION"),
+            jwt_expires_at: shared.current().expires_at(),
+        };
+        let payload = match serde_json::to_vec(&heartbeat) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot encode a heartbeat.");
+                continue;
+            }
+        };
+        if let Err(e) = client.publish(subject.clone(), payload.into()).await {
+            tracing::warn!(error = %e, "Cannot send a heartbeat.");
+            continue;
+        }
+        tracing::debug!(seq, "Heartbeat sent.");
+        shared.status.update(|s| {
+            s.last_heartbeat = Some(ts);
+            s.heartbeats_sent += 1;
+        });
+    }
+}
+
+/// Sleeps until wall-clock time `at` (unix seconds), in steps that notice a suspended machine.
+async fn sleep_until_unix(at: i64) {
+    loop {
+        let left = at.saturating_sub(now());
+        if left <= 0 {
+            return;
+        }
+        let left = Duration::from_secs(u64::try_from(left).unwrap_or(u64::MAX));
+        tokio::time::sleep(left.min(MAX_SLEEP)).await;
+    }
+}
+
+/// Renews forever; returns only when the device must enroll again.
+async fn renew_loop(
+    client: Client,
+    config: AgentConfig,
+    paths: Paths,
+    shared: Arc<Shared>,
+) -> RunError {
+    let status = &shared.status;
+    let subject = subject::up(
+        &config.account,
+        &config.device_id,
+        &[Token::from_static(RENEW_TOKEN)],
+    );
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    loop {
+        let creds = shared.current();
+        let Some(exp) = creds.expires_at() else {
+            tracing::info!("The device's JWT does not expire; no renewal scheduled.");
+            return std::future::pending().await;
+        };
+        let at = schedule::renew_at(creds.issued_at(), exp, now(), &mut rng);
+        tracing::info!(renew_at = at, expires_at = exp, "Renewal scheduled.");
+        sleep_until_unix(at).await;
+
+        let mut attempt = 0u32;
+        loop {
+            match renew_once(&client, &subject, &config, &paths, &shared).await {
+                Ok((renewed, rotated)) => {
+                    let expires_at = renewed.expires_at();
+                    tracing::info!(
+                        expires_at = ?expires_at,
+                        rotated,
+                        public_key = %renewed.public_key(),
+                        "Credentials renewed."
+                    );
+                    shared.replace(renewed);
+                    status.update(|s| {
+                        s.jwt_expires_at = expires_at;
+                        s.last_renewal = Some(now());
+                        s.last_error = None;
+                    });
+                    // The server sees the new JWT (and key) on the next connect.
+                    shared.expect_reconnect.store(true, Ordering::SeqCst);
+                    if let Err(e) = client.force_reconnect().await {
+                        shared.expect_reconnect.store(false, Ordering::SeqCst);
+                        tracing::warn!(error = %e, "Cannot reconnect with the renewed credentials.");
+                    }
+                    break;
+                }
+                Err(RenewError::Refused { code, message })
+                    if REENROLL_CODES.contains(&code.as_str()) =>
+                {
+                    tracing::error!(
+                        code = %code,
+                        message = %message,
+                        "The control plane refused this device: it must be enrolled again with a new token."
+                    );
+                    return RunError::ReenrollRequired { code, message };
+                }
+                Err(e) => {
+                    let delay = schedule::renew_retry_delay(attempt, &mut rng);
+                    tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "Renewal failed; will retry.");
+                    status.update(|s| s.last_error = Some(e.to_string()));
+                    tokio::time::sleep(delay).await;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+}
+
+/// One renewal request. On success the new credentials are stored (not yet swapped in); the
+/// bool tells whether the key was rotated.
+async fn renew_once(
+    client: &Client,
+    subject: &str,
+    config: &AgentConfig,
+    paths: &Paths,
+    shared: &Shared,
+) -> Result<(Credentials, bool), RenewError> {
+    let old = shared.current();
+    let new_key = config.rotate_key_on_renew.then(nkeys::KeyPair::new_user);
+    let request = RenewRequest {
+        new_key: match &new_key {
+            Some(k) => Some(prove(k, config, &old)?),
+            None => None,
+        },
+    };
+    let payload =
+        serde_json::to_vec(&request).map_err(|e| RenewError::BadResponse(e.to_string()))?;
+    let answer = tokio::time::timeout(
+        RENEW_TIMEOUT,
+        client.request(subject.to_owned(), payload.into()),
+    )
+    .await
+    .map_err(|_| RenewError::Transport("timed out".to_owned()))?
+    .map_err(|e| RenewError::Transport(e.to_string()))?;
+    if answer.payload.len() > MAX_RENEW_RESPONSE {
+        return Err(RenewError::BadResponse(format!(
+            "{} bytes, at most {MAX_RENEW_RESPONSE} expected",
+            answer.payload.len()
+        )));
+    }
+    let response: RenewResponse = serde_json::from_slice(&answer.payload).map_err(|e| {
+        RenewError::BadResponse(format!(
+            "not a renewal response ({:?} error at line {}, column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let jwt = match response {
+        RenewResponse::Ok { jwt, .. } => SecretString::new(jwt),
+        RenewResponse::Refused(body) => {
+            return Err(RenewError::Refused {
+                code: body.code,
+                message: body.message,
+            });
+        }
+    };
+    let rotated = new_key.is_some();
+    let key = new_key.unwrap_or_else(|| old.key().as_ref().clone());
+    let renewed = Credentials::new(key, jwt, &config.device_id, &config.account)
+        .map_err(|e| RenewError::BadResponse(e.to_string()))?;
+    let (p, c) = (paths.clone(), renewed.clone());
+    tokio::task::spawn_blocking(move || store::save_renewed(&p, &c, rotated))
+        .await
+        .map_err(|e| RenewError::Key(format!("storing task failed: {e}")))??;
+    Ok((renewed, rotated))
+}
+
+/// The proof that the device holds `new`: its signature over the rotation message.
+fn prove(
+    new: &nkeys::KeyPair,
+    config: &AgentConfig,
+    old: &Credentials,
+) -> Result<NewKey, RenewError> {
+    let public_key: UserKey = new
+        .public_key()
+        .parse()
+        .map_err(|e| RenewError::Key(format!("{e}")))?;
+    let message = new_key_proof_message(&config.device_id, &old.public_key(), &public_key);
+    let signature = new
+        .sign(&message)
+        .map_err(|e| RenewError::Key(e.to_string()))?;
+    Ok(NewKey {
+        public_key,
+        proof: URL_SAFE_NO_PAD.encode(signature),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::Issuer;
+
+    #[test]
+    fn rotation_proof_verifies_with_the_new_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = Paths::in_dir(tmp.path());
+        let issuer = Issuer::new();
+        let old = nkeys::KeyPair::new_user();
+        let enrollment = issuer.enroll(&paths, &old);
+        let new = nkeys::KeyPair::new_user();
+        let nk = prove(&new, &enrollment.config, &enrollment.credentials).unwrap();
+        assert_eq!(nk.public_key.as_str(), new.public_key());
+        let sig = URL_SAFE_NO_PAD.decode(&nk.proof).unwrap();
+        let msg = new_key_proof_message(&issuer.device, &old.public_key(), &nk.public_key);
+        let verifier = nkeys::KeyPair::from_public_key(nk.public_key.as_str()).unwrap();
+        assert!(verifier.verify(&msg, &sig).is_ok());
+        // Signed by the old key it would not verify.
+        let wrong = old.sign(&msg).unwrap();
+        assert!(verifier.verify(&msg, &wrong).is_err());
+    }
+
+    #[test]
+    fn heartbeat_has_the_agreed_fields() {
+        let hb = Heartbeat {
+            seq: 3,
+            ts: 1700,
+            agent_version: "0.1.0",
+            jwt_expires_at: Some(1800),
+        };
+        let v = serde_json::to_value(&hb).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"seq":3,"ts":1700,"agent_version":"0.1.0","jwt_expires_at":1800})
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_without_a_server_writes_stopped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = Paths::in_dir(tmp.path());
+        let issuer = Issuer::new();
+        issuer.enroll(&paths, &nkeys::KeyPair::new_user());
+        // Nothing listens on port 1: the agent keeps retrying until told to stop.
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = {
+            let paths = paths.clone();
+            tokio::spawn(async move {
+                run(&paths, async {
+                    let _ = rx.await;
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A second agent on the same files is refused.
+        let e = run(&paths, async {}).await.unwrap_err();
+        assert!(matches!(e, RunError::AlreadyRunning { .. }), "{e}");
+        let s = crate::status::read(&paths.status_file()).unwrap();
+        assert!(
+            matches!(s.state, State::Starting | State::Disconnected),
+            "{s:?}"
+        );
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let s = crate::status::read(&paths.status_file()).unwrap();
+        assert_eq!(s.state, State::Stopped);
+        // The lingering client no longer writes the status.
+        let written = std::fs::read(paths.status_file()).unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(std::fs::read(paths.status_file()).unwrap(), written);
+    }
+
+    #[tokio::test]
+    async fn not_enrolled_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = run(&Paths::in_dir(tmp.path()), async {}).await.unwrap_err();
+        assert!(
+            matches!(e, RunError::Store(StoreError::NotEnrolled { .. })),
+            "{e}"
+        );
+    }
+}

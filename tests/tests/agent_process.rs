@@ -1,0 +1,319 @@
+//! The real `wegweiser-agent` binary against the real control plane and nats-server: enroll,
+//! run, heartbeats seen by the control plane, renewal with short lifetimes across a control-plane
+//! restart, an agent restart keeping its identity, and revocation.
+#![allow(clippy::unwrap_used)]
+
+use futures::StreamExt;
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+use wegweiser_cp::{authority::NewTenant, enrollment::NewToken};
+use wegweiser_shared::ids::{DeviceId, TenantId};
+use wegweiser_tests::{Platform, PlatformOptions};
+
+/// The agent binary cargo built next to this test (`target/<profile>/wegweiser-agent`).
+fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join(format!("wegweiser-agent{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p wegweiser-agent` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+fn agent(state: &Path) -> Command {
+    let mut c = Command::new(agent_binary());
+    c.arg("--state-dir")
+        .arg(state)
+        .env_remove("WEGWEISER_ENROLL_TOKEN");
+    c
+}
+
+struct Running(std::process::Child);
+
+impl Running {
+    fn start(state: &Path) -> Self {
+        let child = agent(state)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(state.join("agent.log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    fn terminate(mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(s) = self.0.try_wait().unwrap() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.0.try_wait().unwrap() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn setup(ttl: Option<i64>) -> (Platform, TenantId, wegweiser_cp::cli::ServiceTasks) {
+    let p = Platform::start_with(PlatformOptions {
+        device_ttl: ttl,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let t = p
+        .auth
+        .create_tenant(NewTenant {
+            id: "acme".parse().unwrap(),
+            name: None,
+            limits: None,
+        })
+        .await
+        .unwrap();
+    let tasks = p.serve().await.unwrap();
+    (p, t.id, tasks)
+}
+
+async fn enroll_agent(p: &Platform, tenant: &TenantId, state: &Path) -> DeviceId {
+    let (token, _) = p
+        .auth
+        .create_token(NewToken {
+            tenant: tenant.clone(),
+            organization: None,
+            group: None,
+            ttl_secs: None,
+            max_uses: Some(1),
+            label: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut c = agent(state);
+    c.args(["--json", "enroll", "--url", &p.https_url(), "--ca-file"])
+        .arg(&p.ca)
+        .env("WEGWEISER_ENROLL_TOKEN", token.expose());
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "enroll failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The token never shows up in what the agent printed.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(token.expose()));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(token.expose()));
+    v["device_id"].as_str().unwrap().parse().unwrap()
+}
+
+/// Makes heartbeats come every second, to keep the tests short.
+fn fast_heartbeats(state: &Path) {
+    let cfg = state.join("agent.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let mut v: toml::Table = text.parse().unwrap();
+    v.insert("heartbeat_secs".into(), toml::Value::Integer(1));
+    std::fs::write(&cfg, toml::to_string(&v).unwrap()).unwrap();
+}
+
+async fn next_heartbeat(
+    sub: &mut async_nats::Subscriber,
+    within: Duration,
+) -> Option<serde_json::Value> {
+    let m = tokio::time::timeout(within, sub.next()).await.ok()??;
+    serde_json::from_slice(&m.payload).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolled_agent_reports_and_keeps_its_identity_across_restarts() {
+    let (p, tenant, _tasks) = setup(None).await;
+    let state = p.dir.path().join("agent");
+    let device = enroll_agent(&p, &tenant, &state).await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(state.join("device.nk"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "the device seed must be owner-only");
+    }
+    // The seed never left the device: the control plane holds only the public key.
+    let (rec, _) = p
+        .auth
+        .device_entry(&tenant, &device)
+        .await
+        .unwrap()
+        .unwrap();
+    let seed = std::fs::read_to_string(state.join("device.nk")).unwrap();
+    assert_eq!(
+        nkeys::KeyPair::from_seed(seed.trim()).unwrap().public_key(),
+        rec.public_key.as_str()
+    );
+    fast_heartbeats(&state);
+
+    let account = p.auth.tenant(&tenant).await.unwrap().account;
+    let mut hb = p
+        .auth
+        .cp_client()
+        .subscribe(format!("wg.{account}.up.{device}.hb"))
+        .await
+        .unwrap();
+    p.auth.cp_client().flush().await.unwrap();
+    let run = Running::start(&state);
+    let first = next_heartbeat(&mut hb, Duration::from_secs(15))
+        .await
+        .expect("no heartbeat from the agent");
+    assert!(first["seq"].as_u64().is_some(), "{first}");
+    // `status` shows the enrollment and the live connection.
+    let out = agent(&state).args(["--json", "status"]).output().unwrap();
+    let status = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(status.contains(device.as_str()), "{status}");
+    assert!(status.contains("connected"), "{status}");
+    assert_eq!(run.terminate(), Some(0), "graceful stop exits 0");
+
+    // A restart keeps the same identity.
+    let _run = Running::start(&state);
+    next_heartbeat(&mut hb, Duration::from_secs(15))
+        .await
+        .expect("no heartbeat after restart");
+    assert_eq!(p.auth.devices(&tenant).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_credentials_renew_across_a_control_plane_restart() {
+    let (p, tenant, tasks) = setup(Some(12)).await;
+    let state = p.dir.path().join("agent");
+    let device = enroll_agent(&p, &tenant, &state).await;
+    fast_heartbeats(&state);
+    let account = p.auth.tenant(&tenant).await.unwrap().account;
+    let mut hb = p
+        .auth
+        .cp_client()
+        .subscribe(format!("wg.{account}.up.{device}.hb"))
+        .await
+        .unwrap();
+    p.auth.cp_client().flush().await.unwrap();
+    let mut run = Running::start(&state);
+    next_heartbeat(&mut hb, Duration::from_secs(15))
+        .await
+        .expect("no heartbeat");
+    // Restart the control plane's service (renewal responder, HTTPS) with a fresh authority.
+    wegweiser_cp::cli::stop_service(tasks).await;
+    let auth2 = wegweiser_cp::authority::Authority::open(&p.data_dir())
+        .await
+        .unwrap();
+    let _tasks2 = wegweiser_cp::cli::start_service(&auth2).await.unwrap();
+    // Run well past two lifetimes: heartbeats keep coming without a gap longer than the reconnect.
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let mut longest_gap = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(28) {
+        assert!(run.0.try_wait().unwrap().is_none(), "the agent exited");
+        if next_heartbeat(&mut hb, Duration::from_secs(5))
+            .await
+            .is_some()
+        {
+            longest_gap = longest_gap.max(last.elapsed());
+            last = Instant::now();
+        } else {
+            panic!(
+                "no heartbeat for 5 s; agent log:\n{}",
+                std::fs::read_to_string(state.join("agent.log")).unwrap_or_default()
+            );
+        }
+    }
+    let (rec, _) = auth2.device_entry(&tenant, &device).await.unwrap().unwrap();
+    assert!(rec.renewed_at.is_some(), "the agent never renewed");
+    let log = std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
+    assert!(
+        !log.to_lowercase().contains("authorization violation"),
+        "{log}"
+    );
+    assert!(
+        longest_gap < Duration::from_secs(4),
+        "heartbeats stalled for {longest_gap:?}"
+    );
+    drop(run);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_agent_is_dropped_and_stops_asking_for_a_new_token() {
+    let (p, tenant, _tasks) = setup(None).await;
+    let state = p.dir.path().join("agent");
+    let device = enroll_agent(&p, &tenant, &state).await;
+    fast_heartbeats(&state);
+    let account = p.auth.tenant(&tenant).await.unwrap().account;
+    let mut hb = p
+        .auth
+        .cp_client()
+        .subscribe(format!("wg.{account}.up.{device}.hb"))
+        .await
+        .unwrap();
+    p.auth.cp_client().flush().await.unwrap();
+    let mut run = Running::start(&state);
+    next_heartbeat(&mut hb, Duration::from_secs(15))
+        .await
+        .expect("no heartbeat");
+    let started = Instant::now();
+    p.auth.revoke_device(&tenant, &device).await.unwrap();
+    // Disconnected within a second: the server lists no connection for the tenant any more.
+    loop {
+        let by = p.auth.connections_by_signer(&account).await.unwrap();
+        if by.values().sum::<usize>() == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "still connected: {by:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The agent learns it was revoked and exits asking for a new enrollment.
+    let code = tokio::task::spawn_blocking(move || run.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(
+        code,
+        Some(78),
+        "agent log:\n{}",
+        std::fs::read_to_string(state.join("agent.log")).unwrap_or_default()
+    );
+    let out = agent(&state).args(["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        text.contains("revoked") || text.contains("enroll"),
+        "{text}"
+    );
+}
