@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 success; 1 other failures; 64 bad usage or configuration; 69 control plane
 //! unreachable or failing; 76 unexpected answer; 77 enrollment refused; 78 not enrolled, or the
-//! device must enroll again (revoked, unknown).
+//! device must enroll again (revoked, unknown, or its key is no longer the device's).
 
 use crate::{
     enroll::{self, EnrollError, EnrollOptions},
@@ -294,6 +294,11 @@ mod tests {
     fn errors_map_to_exit_codes() {
         let e = anyhow::Error::from(RunError::ReenrollRequired {
             code: "revoked".into(),
+            message: "m".into(),
+        });
+        assert_eq!(exit_code(&e), EXIT_REENROLL);
+        let e = anyhow::Error::from(RunError::ReenrollRequired {
+            code: "stale_key".into(),
             message: "m".into(),
         });
         assert_eq!(exit_code(&e), EXIT_REENROLL);

@@ -3,12 +3,17 @@
 //! 1. Refuse when the device is already enrolled here (unless `force`).
 //! 2. Generate the device's user nkey locally; the seed never leaves the device.
 //! 3. Collect [`facts`] and check them.
-//! 4. `POST {url}/v1/enroll` with the token, the public key and the facts; trust only the given
-//!    CA file when there is one (else the WebPKI roots); 10 s timeout; no redirects.
-//! 5. Check the answer (the JWT must be for our key, device and account) and store seed, JWT,
-//!    CA and `agent.toml` ([`save_enrollment`]).
+//! 4. Sign [`enroll_proof_message`] (token hash, machine id, new public key) with the new key;
+//!    with `force` and an existing identity, also with that identity's current key (the key its
+//!    stored JWT was issued for), so the control plane lets this machine keep its device id.
+//!    Without that second proof it creates a new device.
+//! 5. `POST {url}/v1/enroll` with the token, the public key, the proofs and the facts; trust only
+//!    the given CA file when there is one (else the WebPKI roots); 10 s timeout; no redirects.
+//! 6. Check the answer (the JWT must be for our key, device and account) and store seed, JWT,
+//!    CA and `agent.toml` crash-safely ([`save_enrollment`], [`store::save_enrollment_files`]).
 //!
-//! The token is a secret: it is never logged and no error carries it.
+//! The token is a secret: it is never logged and no error carries it (the signed message holds
+//! only its SHA-256).
 
 use crate::{
     config::{AgentConfig, ConfigError, DEFAULT_HEARTBEAT_SECS},
@@ -23,7 +28,10 @@ use std::{
     time::Duration,
 };
 use wegweiser_shared::{
-    enroll::{ENROLL_PATH, EnrollRequest, EnrollResponse, ErrorBody, TOKEN_PREFIX},
+    enroll::{
+        DeviceFacts, ENROLL_PATH, EnrollRequest, EnrollResponse, ErrorBody, KeyProof, TOKEN_PREFIX,
+        enroll_proof_message, sign_proof,
+    },
     ids::UserKey,
     secret::SecretString,
 };
@@ -121,6 +129,12 @@ pub enum EnrollError {
         /// The control plane's message.
         message: String,
     },
+    /// A device key could not be used (its public key refused, or it cannot sign).
+    #[error("cannot use the device key: {why}")]
+    Key {
+        /// What is wrong.
+        why: String,
+    },
     /// The answer is not a usable enrollment response.
     #[error("unexpected answer from the control plane: {why}")]
     BadResponse {
@@ -168,13 +182,9 @@ pub struct EnrollSummary {
 
 /// Enrolls this device: see the [module docs](self).
 pub fn enroll(paths: &Paths, opts: &EnrollOptions) -> Result<EnrollSummary, EnrollError> {
-    if store::is_enrolled(paths) && !opts.force {
-        let config = paths.config_file();
-        let existing = if config.exists() {
-            config
-        } else {
-            paths.seed_file()
-        };
+    if !opts.force
+        && let Some(existing) = store::enrolled_file(paths)
+    {
         return Err(EnrollError::AlreadyEnrolled {
             path: existing.display().to_string(),
         });
@@ -190,25 +200,19 @@ pub fn enroll(paths: &Paths, opts: &EnrollOptions) -> Result<EnrollSummary, Enro
     }
     let roots = opts.ca_file.as_deref().map(load_ca_file).transpose()?;
 
+    // Read under the lock: loading may finish an interrupted rotation or enrollment.
+    let current = if opts.force { current_key(paths) } else { None };
+
     let key = nkeys::KeyPair::new_user();
-    let public_key: UserKey = key
-        .public_key()
-        .parse()
-        .map_err(|e| EnrollError::BadResponse {
-            why: format!("generated key refused: {e}"),
-        })?;
+    let mut request = enroll_request(&opts.token, &key, current.as_ref(), facts)?;
     tracing::info!(
         url = %base,
-        public_key = %public_key,
-        hostname = %facts.hostname,
-        machine_id = %facts.machine_id,
+        public_key = %request.public_key,
+        current_key = ?request.current.as_ref().map(|c| c.public_key.as_str()),
+        hostname = %request.facts.hostname,
+        machine_id = %request.facts.machine_id,
         "Enrolling."
     );
-    let mut request = EnrollRequest {
-        token: opts.token.expose().to_owned(),
-        public_key,
-        facts,
-    };
     let body = serde_json::to_string(&request).map(SecretString::new);
     // Move the token copy into a secret so its memory is wiped.
     drop(SecretString::new(std::mem::take(&mut request.token)));
@@ -229,8 +233,73 @@ pub fn enroll(paths: &Paths, opts: &EnrollOptions) -> Result<EnrollSummary, Enro
     Ok(summary)
 }
 
-/// Checks an enrollment answer and stores everything: seed, JWT, CA, then `agent.toml` (whose
-/// presence marks the device enrolled). Settings an administrator chose in an existing
+/// The key of the identity `enroll --force` replaces: the key its stored JWT was issued for
+/// ([`store::load`], which also finishes an interrupted rotation or enrollment), else `device.nk`
+/// alone when the rest of the enrollment is unusable. `None` when no key is usable: the control
+/// plane then makes a new device for this machine.
+fn current_key(paths: &Paths) -> Option<nkeys::KeyPair> {
+    if !store::is_enrolled(paths) {
+        return None;
+    }
+    let loaded = match store::load(paths) {
+        Ok(e) => return Some(e.credentials.key().as_ref().clone()),
+        Err(e) => e,
+    };
+    match store::load_seed(&paths.seed_file()) {
+        Ok(k) => {
+            tracing::warn!(error = %loaded, "The current enrollment is incomplete; proving its key from the seed alone.");
+            Some(k)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "No usable current key: the control plane will enroll this machine as a new device.");
+            None
+        }
+    }
+}
+
+/// The enrollment request for the new `key`: its proof over [`enroll_proof_message`] and, when
+/// replacing an identity, `current`'s proof over the same message. The request holds the token:
+/// the caller wipes it after encoding.
+fn enroll_request(
+    token: &SecretString,
+    key: &nkeys::KeyPair,
+    current: Option<&nkeys::KeyPair>,
+    facts: DeviceFacts,
+) -> Result<EnrollRequest, EnrollError> {
+    let public_key = user_key(key)?;
+    let message = enroll_proof_message(token.expose(), &facts.machine_id, &public_key);
+    let proof = prove(key, &message)?;
+    let current = match current {
+        Some(k) => Some(KeyProof {
+            public_key: user_key(k)?,
+            proof: prove(k, &message)?,
+        }),
+        None => None,
+    };
+    Ok(EnrollRequest {
+        token: token.expose().to_owned(),
+        public_key,
+        proof,
+        current,
+        facts,
+    })
+}
+
+fn user_key(key: &nkeys::KeyPair) -> Result<UserKey, EnrollError> {
+    key.public_key().parse().map_err(|e| EnrollError::Key {
+        why: format!("public key refused: {e}"),
+    })
+}
+
+/// `key`'s signature over `message` ([`sign_proof`]).
+fn prove(key: &nkeys::KeyPair, message: &[u8]) -> Result<String, EnrollError> {
+    sign_proof(key, message).ok_or_else(|| EnrollError::Key {
+        why: format!("key {} cannot sign the enrollment proof", key.public_key()),
+    })
+}
+
+/// Checks an enrollment answer and stores everything ([`store::save_enrollment_files`]: staged,
+/// then renamed into place, the seed last; `agent.toml` marks the device enrolled). Settings an administrator chose in an existing
 /// `agent.toml` (`heartbeat_secs`, `rotate_key_on_renew`) are kept.
 pub fn save_enrollment(
     paths: &Paths,
@@ -276,25 +345,9 @@ pub fn save_enrollment(
         path: paths.state_dir().display().to_string(),
         source,
     })?;
-    let next = paths.next_seed_file();
-    if next.exists() {
-        std::fs::remove_file(&next).map_err(|source| EnrollError::Io {
-            path: next.display().to_string(),
-            source,
-        })?;
-    }
-    store::save_seed(&paths.seed_file(), credentials.key())?;
-    store::save_jwt(&paths.jwt_file(), credentials.jwt())?;
-    let ca = paths.ca_file();
-    platform::write_atomic(&ca, response.nats_ca_pem.as_bytes()).map_err(|source| {
-        EnrollError::Io {
-            path: ca.display().to_string(),
-            source,
-        }
-    })?;
-    // A status left by an earlier identity would describe the wrong device.
-    let _ = std::fs::remove_file(paths.status_file());
-    config.save(&paths.config_file())?;
+    // Also drops the previous identity's pending rotation key and its status (another device
+    // or key).
+    store::save_enrollment_files(paths, &credentials, &response.nats_ca_pem, &config)?;
     Ok(EnrollSummary {
         device_id: config.device_id.to_string(),
         tenant: config.tenant.to_string(),
@@ -489,6 +542,7 @@ fn printable(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::testutil::Issuer;
+    use wegweiser_shared::enroll::verify_proof;
 
     #[test]
     fn saves_an_enrollment_response() {
@@ -534,6 +588,71 @@ mod tests {
         assert_eq!(again.config.heartbeat_secs, 7);
         assert!(again.config.rotate_key_on_renew);
         assert_eq!(again.credentials.public_key(), key2.public_key());
+    }
+
+    fn facts(machine_id: &str) -> DeviceFacts {
+        DeviceFacts {
+            hostname: "h".into(),
+            os: "linux".into(),
+            os_version: String::new(),
+            arch: "x86_64".into(),
+            machine_id: machine_id.into(),
+            agent_version: "0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn requests_prove_the_new_and_the_current_key() {
+        let token = SecretString::new("wgt_secret-token-value".into());
+        let (key, current) = (nkeys::KeyPair::new_user(), nkeys::KeyPair::new_user());
+        let r = enroll_request(&token, &key, None, facts("m-1")).unwrap();
+        assert_eq!(r.public_key.as_str(), key.public_key());
+        let msg = enroll_proof_message(token.expose(), "m-1", &r.public_key);
+        assert!(verify_proof(&r.public_key, &msg, &r.proof));
+        assert!(r.current.is_none());
+        // The proof is bound to the token, the machine and the key.
+        let other_token = enroll_proof_message("wgt_other", "m-1", &r.public_key);
+        let other_machine = enroll_proof_message(token.expose(), "m-2", &r.public_key);
+        assert!(!verify_proof(&r.public_key, &other_token, &r.proof));
+        assert!(!verify_proof(&r.public_key, &other_machine, &r.proof));
+        // The signed message holds the token's hash only.
+        assert!(!String::from_utf8_lossy(&msg).contains("secret-token-value"));
+
+        let r = enroll_request(&token, &key, Some(&current), facts("m-1")).unwrap();
+        let c = r.current.as_ref().unwrap();
+        assert_eq!(c.public_key.as_str(), current.public_key());
+        let msg = enroll_proof_message(token.expose(), "m-1", &r.public_key);
+        assert!(verify_proof(&c.public_key, &msg, &c.proof));
+        assert!(verify_proof(&r.public_key, &msg, &r.proof));
+        assert!(!verify_proof(&r.public_key, &msg, &c.proof));
+        let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["current"]["public_key"], current.public_key());
+    }
+
+    #[test]
+    fn the_current_key_is_the_one_the_stored_jwt_is_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = Paths::in_dir(tmp.path());
+        assert!(current_key(&paths).is_none());
+        let issuer = Issuer::new();
+        let old = nkeys::KeyPair::new_user();
+        issuer.enroll(&paths, &old);
+        assert_eq!(current_key(&paths).unwrap().public_key(), old.public_key());
+        // A pending rotation key whose JWT was not stored is not the current key.
+        let pending = store::pending_key(&paths, true).unwrap().unwrap();
+        assert_eq!(current_key(&paths).unwrap().public_key(), old.public_key());
+        // Once its JWT is stored (rotation half done), it is.
+        store::save_jwt(&paths.jwt_file(), &issuer.jwt(&pending.public_key(), 600)).unwrap();
+        assert_eq!(
+            current_key(&paths).unwrap().public_key(),
+            pending.public_key()
+        );
+        // A broken enrollment still proves the seed's key.
+        std::fs::remove_file(paths.jwt_file()).unwrap();
+        assert_eq!(
+            current_key(&paths).unwrap().public_key(),
+            pending.public_key()
+        );
     }
 
     #[test]

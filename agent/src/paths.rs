@@ -7,7 +7,9 @@
 //! | per user (default) | nothing | `directories` config dir (`~/.config/wegweiser`) | data dir (`~/.local/share/wegweiser`) |
 //!
 //! Files: `agent.toml`, `device.nk` (seed, owner-only), `device.jwt` (owner-only), `nats-ca.pem`,
-//! `status.json` (written by `run`), `run.lock` (held by the running agent).
+//! `status.json` (written by `run`), `run.lock` (held by the running agent), `device.nk.next` (the
+//! pending key of a key rotation, owner-only), and while an enrollment is being stored the same
+//! names with `.new` appended (see [`crate::store`]).
 
 use std::{
     ffi::OsString,

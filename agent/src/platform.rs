@@ -117,7 +117,7 @@ fn write_atomic_with(path: &Path, bytes: &[u8], owner_only: bool) -> io::Result<
 }
 
 /// Makes a rename durable (Unix); best effort, as some file systems refuse to fsync directories.
-fn sync_dir(dir: &Path) {
+pub fn sync_dir(dir: &Path) {
     #[cfg(unix)]
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();

@@ -9,8 +9,13 @@
 //! - **Renewal** at about half of the remaining lifetime (±10 %), by request on
 //!   `wg.<account>.up.<device>.renew`, optionally moving to a new key; the new credentials are
 //!   stored, swapped in, and a reconnect makes the server see them. Transport failures are
-//!   retried with backoff; a refusal with code `revoked` or `unknown_device` stops the agent
-//!   ([`RunError::ReenrollRequired`], exit code 78).
+//!   retried with backoff; a refusal with code `revoked`, `unknown_device` or `stale_key` stops
+//!   the agent ([`RunError::ReenrollRequired`], exit code 78).
+//! - **Key rotation retries**: the next key is made once per renewal and stored in
+//!   `device.nk.next` before the first request ([`store::pending_key`]); every retry, and the
+//!   first renewal after a restart, sends that same key and proof, and the control plane answers
+//!   a repeated rotation idempotently. So a lost answer never leaves the control plane holding a
+//!   key the device has lost.
 //! - **Revocation**: revoking a device also revokes its key in the account JWT, so the server
 //!   drops the connection ("User Authentication Revoked") and the device can no longer reach the
 //!   renewal responder. When the server reports the key the connection presented as revoked,
@@ -38,7 +43,6 @@ use crate::{
     store::{self, Credentials, StoreError},
 };
 use async_nats::{AuthError, Client, ConnectOptions, Event, connection::State as ConnState};
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use rand::SeedableRng;
 use serde::Serialize;
 use std::{
@@ -51,7 +55,7 @@ use std::{
 };
 use tokio::sync::Notify;
 use wegweiser_shared::{
-    enroll::{NewKey, RENEW_TOKEN, RenewRequest, RenewResponse, new_key_proof_message},
+    enroll::{NewKey, RENEW_TOKEN, RenewRequest, RenewResponse, new_key_proof_message, sign_proof},
     ids::{DeviceId, UserKey},
     secret::SecretString,
     subject::{self, Token},
@@ -64,8 +68,11 @@ pub const HEARTBEAT_TOKEN: &str = "hb";
 pub const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for the connection to drain.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
-/// Renewal refusals after which the device can only enroll again.
-pub const REENROLL_CODES: [&str; 2] = ["revoked", "unknown_device"];
+/// Renewal refusals after which the device can only enroll again (`stale_key`: the control
+/// plane holds another key for this device, so it never renews this one again).
+pub const REENROLL_CODES: [&str; 3] = ["revoked", "unknown_device", "stale_key"];
+/// The refusal code for a key that is no longer the device's.
+const STALE_KEY: &str = "stale_key";
 /// Reconnect delay once `run` has returned (see `Shared::stopped`).
 const STOPPED_RETRY_DELAY: Duration = Duration::from_secs(86_400);
 /// Largest renewal answer accepted.
@@ -105,7 +112,7 @@ pub enum RunError {
         "this device must be enrolled again ({code}: {message}); get a new token and run `wegweiser-agent enroll --force --url URL --token TOKEN`"
     )]
     ReenrollRequired {
-        /// The refusal code (`revoked`, `unknown_device`).
+        /// The refusal code (`revoked`, `unknown_device`, `stale_key`).
         code: String,
         /// The control plane's message.
         message: String,
@@ -502,8 +509,10 @@ async fn renew_loop(
         sleep_until_unix(at).await;
 
         let mut attempt = 0u32;
+        // Decided before the first attempt, then sent unchanged by every retry.
+        let mut plan = RotationPlan::Undecided;
         loop {
-            match renew_once(&client, &subject, &config, &paths, &shared).await {
+            match renew_once(&client, &subject, &config, &paths, &shared, &mut plan).await {
                 Ok((renewed, rotated)) => {
                     let expires_at = renewed.expires_at();
                     tracing::info!(
@@ -519,24 +528,28 @@ async fn renew_loop(
                         s.last_error = None;
                     });
                     // The server sees the new JWT (and key) on the next connect.
-                    shared.expect_reconnect.store(true, Ordering::SeqCst);
-                    if let Err(e) = client.force_reconnect().await {
-                        shared.expect_reconnect.store(false, Ordering::SeqCst);
-                        tracing::warn!(error = %e, "Cannot reconnect with the renewed credentials.");
-                    }
+                    reconnect(&client, &shared).await;
                     break;
                 }
-                Err(RenewError::Refused { code, message })
-                    if REENROLL_CODES.contains(&code.as_str()) =>
-                {
-                    tracing::error!(
-                        code = %code,
-                        message = %message,
-                        "The control plane refused this device: it must be enrolled again with a new token."
-                    );
-                    return RunError::ReenrollRequired { code, message };
-                }
                 Err(e) => {
+                    let presented = shared
+                        .presented
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone();
+                    let current = shared.current().public_key();
+                    if let Some(stop) = reenroll_required(&e, presented.as_deref(), &current) {
+                        tracing::error!(
+                            error = %e,
+                            "The control plane refused this device: it must be enrolled again with a new token."
+                        );
+                        return stop;
+                    }
+                    if matches!(&e, RenewError::Refused { code, .. } if code == STALE_KEY) {
+                        // The connection still presents an earlier key: move it to the current
+                        // one, then ask again.
+                        reconnect(&client, &shared).await;
+                    }
                     let delay = schedule::renew_retry_delay(attempt, &mut rng);
                     tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "Renewal failed; will retry.");
                     status.update(|s| s.last_error = Some(e.to_string()));
@@ -548,21 +561,102 @@ async fn renew_loop(
     }
 }
 
+/// Forces a reconnect, so the server sees the current credentials.
+async fn reconnect(client: &Client, shared: &Shared) {
+    shared.expect_reconnect.store(true, Ordering::SeqCst);
+    if let Err(e) = client.force_reconnect().await {
+        shared.expect_reconnect.store(false, Ordering::SeqCst);
+        tracing::warn!(error = %e, "Cannot reconnect with the renewed credentials.");
+    }
+}
+
+/// The [`RunError::ReenrollRequired`] a failed renewal calls for, if any: a refusal with one of
+/// [`REENROLL_CODES`]. `stale_key` is final only when the connection presented the device's
+/// current key: right after a rotation, a connection that has not reconnected yet still presents
+/// the previous one.
+fn reenroll_required(e: &RenewError, presented: Option<&str>, current: &str) -> Option<RunError> {
+    let RenewError::Refused { code, message } = e else {
+        return None;
+    };
+    if !REENROLL_CODES.contains(&code.as_str()) {
+        return None;
+    }
+    if code == STALE_KEY && presented.is_some_and(|p| p != current) {
+        return None;
+    }
+    Some(RunError::ReenrollRequired {
+        code: code.clone(),
+        message: message.clone(),
+    })
+}
+
+/// The key rotation of one renewal: decided before its first attempt, then sent unchanged by
+/// every retry (same key, same proof).
+#[derive(Default)]
+enum RotationPlan {
+    /// Not decided yet: before the first attempt, or storing the pending key failed.
+    #[default]
+    Undecided,
+    /// Renew the current key.
+    KeepKey,
+    /// Move to the pending key (stored in `device.nk.next`).
+    MoveTo {
+        /// The pending key (boxed: a key pair is large).
+        key: Box<nkeys::KeyPair>,
+        /// Its public key and proof, as sent.
+        new_key: NewKey,
+    },
+}
+
+/// Decides the rotation of a renewal from the current key `old`: the pending key when one is
+/// stored (an earlier attempt or an interrupted rotation may have reached the control plane, so
+/// it must be finished even if rotation was switched off since), else a new key, stored before
+/// it is used, when `rotate`; else none. Blocking (file I/O).
+fn plan_rotation(
+    paths: &Paths,
+    device: &DeviceId,
+    old: &str,
+    rotate: bool,
+) -> Result<RotationPlan, RenewError> {
+    Ok(match store::pending_key(paths, rotate)? {
+        Some(key) => {
+            let new_key = prove(&key, device, old)?;
+            RotationPlan::MoveTo {
+                key: Box::new(key),
+                new_key,
+            }
+        }
+        None => RotationPlan::KeepKey,
+    })
+}
+
 /// One renewal request. On success the new credentials are stored (not yet swapped in); the
-/// bool tells whether the key was rotated.
+/// bool tells whether the key was rotated. `plan` is decided on the first attempt and reused by
+/// the retries.
 async fn renew_once(
     client: &Client,
     subject: &str,
     config: &AgentConfig,
     paths: &Paths,
     shared: &Shared,
+    plan: &mut RotationPlan,
 ) -> Result<(Credentials, bool), RenewError> {
     let old = shared.current();
-    let new_key = config.rotate_key_on_renew.then(nkeys::KeyPair::new_user);
+    if matches!(plan, RotationPlan::Undecided) {
+        let (p, device, old_key, rotate) = (
+            paths.clone(),
+            config.device_id.clone(),
+            old.public_key(),
+            config.rotate_key_on_renew,
+        );
+        *plan = tokio::task::spawn_blocking(move || plan_rotation(&p, &device, &old_key, rotate))
+            .await
+            .map_err(|e| RenewError::Key(format!("key task failed: {e}")))??;
+    }
     let request = RenewRequest {
-        new_key: match &new_key {
-            Some(k) => Some(prove(k, config, &old)?),
-            None => None,
+        new_key: match &*plan {
+            RotationPlan::MoveTo { new_key, .. } => Some(new_key.clone()),
+            RotationPlan::Undecided | RotationPlan::KeepKey => None,
         },
     };
     let payload =
@@ -597,8 +691,10 @@ async fn renew_once(
             });
         }
     };
-    let rotated = new_key.is_some();
-    let key = new_key.unwrap_or_else(|| old.key().as_ref().clone());
+    let (key, rotated) = match &*plan {
+        RotationPlan::MoveTo { key, .. } => (key.as_ref().clone(), true),
+        RotationPlan::Undecided | RotationPlan::KeepKey => (old.key().as_ref().clone(), false),
+    };
     let renewed = Credentials::new(key, jwt, &config.device_id, &config.account)
         .map_err(|e| RenewError::BadResponse(e.to_string()))?;
     let (p, c) = (paths.clone(), renewed.clone());
@@ -608,48 +704,124 @@ async fn renew_once(
     Ok((renewed, rotated))
 }
 
-/// The proof that the device holds `new`: its signature over the rotation message.
-fn prove(
-    new: &nkeys::KeyPair,
-    config: &AgentConfig,
-    old: &Credentials,
-) -> Result<NewKey, RenewError> {
+/// The proof that the device holds `new`: its signature over the rotation message from the
+/// current key `old`.
+fn prove(new: &nkeys::KeyPair, device: &DeviceId, old: &str) -> Result<NewKey, RenewError> {
     let public_key: UserKey = new
         .public_key()
         .parse()
         .map_err(|e| RenewError::Key(format!("{e}")))?;
-    let message = new_key_proof_message(&config.device_id, &old.public_key(), &public_key);
-    let signature = new
-        .sign(&message)
-        .map_err(|e| RenewError::Key(e.to_string()))?;
-    Ok(NewKey {
-        public_key,
-        proof: URL_SAFE_NO_PAD.encode(signature),
-    })
+    let message = new_key_proof_message(device, old, &public_key);
+    let proof = sign_proof(new, &message)
+        .ok_or_else(|| RenewError::Key("the new key cannot sign its proof".to_owned()))?;
+    Ok(NewKey { public_key, proof })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::Issuer;
+    use wegweiser_shared::enroll::verify_proof;
 
     #[test]
     fn rotation_proof_verifies_with_the_new_key() {
+        let issuer = Issuer::new();
+        let (old, new) = (nkeys::KeyPair::new_user(), nkeys::KeyPair::new_user());
+        let nk = prove(&new, &issuer.device, &old.public_key()).unwrap();
+        assert_eq!(nk.public_key.as_str(), new.public_key());
+        let msg = new_key_proof_message(&issuer.device, &old.public_key(), &nk.public_key);
+        assert!(verify_proof(&nk.public_key, &msg, &nk.proof));
+        // Signed by the old key it would not verify.
+        let wrong = sign_proof(&old, &msg).unwrap();
+        assert!(!verify_proof(&nk.public_key, &msg, &wrong));
+    }
+
+    fn moves_to(plan: &RotationPlan) -> (String, NewKey) {
+        match plan {
+            RotationPlan::MoveTo { key, new_key } => (key.public_key(), new_key.clone()),
+            RotationPlan::Undecided | RotationPlan::KeepKey => panic!("no rotation planned"),
+        }
+    }
+
+    #[test]
+    fn a_retried_rotation_sends_the_same_pending_key_and_proof() {
         let tmp = tempfile::tempdir().unwrap();
         let paths = Paths::in_dir(tmp.path());
         let issuer = Issuer::new();
         let old = nkeys::KeyPair::new_user();
-        let enrollment = issuer.enroll(&paths, &old);
-        let new = nkeys::KeyPair::new_user();
-        let nk = prove(&new, &enrollment.config, &enrollment.credentials).unwrap();
-        assert_eq!(nk.public_key.as_str(), new.public_key());
-        let sig = URL_SAFE_NO_PAD.decode(&nk.proof).unwrap();
-        let msg = new_key_proof_message(&issuer.device, &old.public_key(), &nk.public_key);
-        let verifier = nkeys::KeyPair::from_public_key(nk.public_key.as_str()).unwrap();
-        assert!(verifier.verify(&msg, &sig).is_ok());
-        // Signed by the old key it would not verify.
-        let wrong = old.sign(&msg).unwrap();
-        assert!(verifier.verify(&msg, &wrong).is_err());
+        issuer.enroll(&paths, &old);
+        let device = &issuer.device;
+        let old_key = old.public_key();
+
+        // Without rotation nothing is generated.
+        assert!(matches!(
+            plan_rotation(&paths, device, &old_key, false).unwrap(),
+            RotationPlan::KeepKey
+        ));
+        assert!(!paths.next_seed_file().exists());
+
+        // The first attempt stores the key before anything is sent.
+        let (first_key, first) = moves_to(&plan_rotation(&paths, device, &old_key, true).unwrap());
+        assert_eq!(
+            store::load_seed(&paths.next_seed_file())
+                .unwrap()
+                .public_key(),
+            first_key
+        );
+        let msg = new_key_proof_message(device, &old_key, &first.public_key);
+        assert!(verify_proof(&first.public_key, &msg, &first.proof));
+
+        // The answer was lost; the agent even restarted (its JWT is still the old key's) and
+        // rotation was switched off meanwhile: the retry sends the same key and proof.
+        let loaded = store::load(&paths).unwrap();
+        assert_eq!(loaded.credentials.public_key(), old_key);
+        let (key, again) = moves_to(&plan_rotation(&paths, device, &old_key, false).unwrap());
+        assert_eq!(key, first_key);
+        assert_eq!(again.public_key, first.public_key);
+        assert_eq!(again.proof, first.proof);
+
+        // The control plane answers (idempotently) with a JWT for the pending key: committed.
+        let pending = store::pending_key(&paths, false).unwrap().unwrap();
+        let renewed = Credentials::new(
+            pending,
+            issuer.jwt(&first_key, 600),
+            device,
+            &issuer.account,
+        )
+        .unwrap();
+        store::save_renewed(&paths, &renewed, true).unwrap();
+        assert!(!paths.next_seed_file().exists());
+        assert_eq!(
+            store::load(&paths).unwrap().credentials.public_key(),
+            first_key
+        );
+        // The next rotation gets a new key.
+        let (next_key, _) = moves_to(&plan_rotation(&paths, device, &first_key, true).unwrap());
+        assert_ne!(next_key, first_key);
+    }
+
+    #[test]
+    fn stale_key_requires_enrolling_again() {
+        let refused = |code: &str| RenewError::Refused {
+            code: code.into(),
+            message: "m".into(),
+        };
+        let current = "UCURRENT";
+        for code in ["revoked", "unknown_device", "stale_key"] {
+            match reenroll_required(&refused(code), Some(current), current) {
+                Some(RunError::ReenrollRequired { code: c, message }) => {
+                    assert_eq!((c.as_str(), message.as_str()), (code, "m"));
+                }
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+        // A connection that still presents the previous key (just rotated) is not final.
+        assert!(reenroll_required(&refused("stale_key"), Some("UPREVIOUS"), current).is_none());
+        assert!(reenroll_required(&refused("revoked"), Some("UPREVIOUS"), current).is_some());
+        // Other failures are retried.
+        assert!(reenroll_required(&refused("internal"), Some(current), current).is_none());
+        let e = RenewError::Transport("timed out".into());
+        assert!(reenroll_required(&e, Some(current), current).is_none());
     }
 
     #[test]

@@ -1,17 +1,29 @@
 //! The device's credentials on disk, and loading a whole enrollment.
 //!
 //! The seed (`device.nk`) and the JWT (`device.jwt`) are written owner-only and atomically. A seed
-//! that group or others can read is refused. Key rotation writes the new seed to
-//! `device.nk.next` first, then the JWT issued for it, then renames `device.nk.next` over
-//! `device.nk`; [`load`] finishes a rotation that was interrupted between the last two steps, so
-//! a crash never leaves a JWT without its key.
+//! that group or others can read is refused. Two multi-file updates are crash-safe:
+//!
+//! - **Enrollment** ([`save_enrollment_files`]) stages every file first (`nats-ca.pem.new`,
+//!   `agent.toml.new`, `device.jwt.new`, then `device.nk.new` last, so a staged seed means the set
+//!   is complete), then renames them into place, the seed last. [`load`] (through
+//!   [`finish_enrollment`]) rolls a set forward when the staged seed exists and deletes the staged
+//!   files otherwise (the live files were not touched yet). So a new seed never meets an old JWT.
+//! - **Key rotation** ([`pending_key`], [`save_renewed`]): the next key is stored in
+//!   `device.nk.next` *before* the renewal is sent and reused by every retry; on success the JWT
+//!   issued for it is written, then `device.nk.next` replaces `device.nk`. [`load`] finishes a
+//!   rotation whose JWT was stored, and otherwise keeps the pending key for the next renewal
+//!   (see there why it is not deleted).
 
 use crate::{
     config::{AgentConfig, ConfigError},
     paths::Paths,
     platform,
 };
-use std::{fmt, fs, path::Path, sync::Arc};
+use std::{
+    fmt, fs,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 use wegweiser_shared::{
     ids::{AccountKey, DeviceId},
     jwt::{self, Claims, JwtError, UserNats},
@@ -212,13 +224,28 @@ pub struct Enrollment {
     pub credentials: Credentials,
 }
 
-/// Whether anything of an enrollment exists at `paths`.
+/// Whether anything of an enrollment exists at `paths` (a completely staged one counts: loading
+/// finishes it).
 pub fn is_enrolled(paths: &Paths) -> bool {
-    paths.config_file().exists() || paths.seed_file().exists()
+    enrolled_file(paths).is_some()
 }
 
-/// Loads and checks everything `run` needs. Finishes an interrupted key rotation.
+/// The first file that shows an enrollment at `paths`: `agent.toml`, `device.nk` or a staged
+/// `device.nk.new`.
+pub fn enrolled_file(paths: &Paths) -> Option<PathBuf> {
+    [
+        paths.config_file(),
+        paths.seed_file(),
+        staged(&paths.seed_file()),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+}
+
+/// Loads and checks everything `run` needs. Finishes an interrupted enrollment
+/// ([`finish_enrollment`]) and an interrupted key rotation.
 pub fn load(paths: &Paths) -> Result<Enrollment, StoreError> {
+    finish_enrollment(paths)?;
     let config_file = paths.config_file();
     if !config_file.exists() {
         return Err(StoreError::NotEnrolled {
@@ -233,9 +260,17 @@ pub fn load(paths: &Paths) -> Result<Enrollment, StoreError> {
     let credentials = match Credentials::new(key, jwt.clone(), &config.device_id, &config.account) {
         Ok(c) => {
             if next_file.exists() {
-                // A rotation stopped before its JWT was stored: the old pair is still valid.
-                fs::remove_file(&next_file).map_err(io(&next_file))?;
-                tracing::warn!(file = %next_file.display(), "Removed the key of an unfinished rotation.");
+                // A rotation stopped before its JWT was stored. The old pair is still valid, but
+                // the request may have reached the control plane, which then already holds the
+                // pending key as the device's key: deleting it would leave the device with a
+                // key the control plane no longer renews (`stale_key`). So it is kept, and the
+                // next renewal sends the same key and proof again (`pending_key`), which the
+                // control plane answers idempotently. Read now so a bad file is reported at start.
+                let pending = load_seed(&next_file)?;
+                tracing::info!(
+                    pending_key = %pending.public_key(),
+                    "A key rotation was interrupted; the next renewal finishes it with the same key."
+                );
             }
             c
         }
@@ -337,8 +372,26 @@ pub fn save_jwt(path: &Path, jwt: &SecretString) -> Result<(), StoreError> {
     platform::write_owner_only(path, jwt.expose().as_bytes()).map_err(io(path))
 }
 
+/// The key of the rotation in progress (`device.nk.next`), if any. When there is none and
+/// `generate` is set, a new key is made and stored there (owner-only, atomically) before it is
+/// returned, so every retry of the renewal, and the first renewal after a restart, sends the
+/// same key.
+pub fn pending_key(paths: &Paths, generate: bool) -> Result<Option<nkeys::KeyPair>, StoreError> {
+    let next = paths.next_seed_file();
+    if next.exists() {
+        return load_seed(&next).map(Some);
+    }
+    if !generate {
+        return Ok(None);
+    }
+    let key = nkeys::KeyPair::new_user();
+    save_seed(&next, &key)?;
+    Ok(Some(key))
+}
+
 /// Stores renewed credentials. With a new key (rotation): the seed goes to `device.nk.next`
-/// first, then the JWT, then `device.nk.next` replaces `device.nk`.
+/// (again: [`pending_key`] put it there before the request), then the JWT, then `device.nk.next`
+/// replaces `device.nk`.
 pub fn save_renewed(
     paths: &Paths,
     credentials: &Credentials,
@@ -353,6 +406,84 @@ pub fn save_renewed(
     } else {
         save_jwt(&paths.jwt_file(), credentials.jwt())
     }
+}
+
+/// The staged copy of `path` during an enrollment: `path` with `.new` appended.
+pub fn staged(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".new");
+    PathBuf::from(name)
+}
+
+/// Stores the files of one enrollment so that a crash leaves either the old set or the new one
+/// (after [`load`]), never a mix:
+///
+/// 1. Finish or undo an earlier interrupted enrollment ([`finish_enrollment`]), so no stale staged
+///    file joins this set.
+/// 2. Stage: `nats-ca.pem.new`, `agent.toml.new`, `device.jwt.new`, and `device.nk.new` last.
+///    Each write is atomic and synced, so the staged seed exists only when the set is complete.
+///    A crash before it leaves the live files untouched; loading deletes the staged ones.
+/// 3. Commit: rename the CA, the configuration and the JWT into place, drop
+///    the previous identity's pending rotation key and status, and rename the seed last. A
+///    crash in between leaves the staged seed, and loading renames what is still staged.
+pub fn save_enrollment_files(
+    paths: &Paths,
+    credentials: &Credentials,
+    ca_pem: &str,
+    config: &AgentConfig,
+) -> Result<(), StoreError> {
+    finish_enrollment(paths)?;
+    let ca = staged(&paths.ca_file());
+    platform::write_atomic(&ca, ca_pem.as_bytes()).map_err(io(&ca))?;
+    config.save(&staged(&paths.config_file()))?;
+    save_jwt(&staged(&paths.jwt_file()), credentials.jwt())?;
+    save_seed(&staged(&paths.seed_file()), credentials.key())?;
+    commit_staged(paths)
+}
+
+/// Resolves an enrollment that was interrupted while its files were stored (see
+/// [`save_enrollment_files`]): with a staged seed the set is complete and is rolled forward;
+/// without one, staged files are an incomplete set and are deleted. Does nothing when no staged
+/// file exists. The caller holds `run.lock` (or is enrolling into a new directory).
+pub fn finish_enrollment(paths: &Paths) -> Result<(), StoreError> {
+    if staged(&paths.seed_file()).exists() {
+        commit_staged(paths)?;
+        tracing::info!("Finished storing an interrupted enrollment.");
+        return Ok(());
+    }
+    for live in [paths.ca_file(), paths.config_file(), paths.jwt_file()] {
+        let file = staged(&live);
+        if file.exists() {
+            fs::remove_file(&file).map_err(io(&file))?;
+            tracing::warn!(file = %file.display(), "Removed a file of an unfinished enrollment.");
+        }
+    }
+    Ok(())
+}
+
+/// Step 3 of [`save_enrollment_files`]; also how [`finish_enrollment`] rolls a set forward, so
+/// files already renamed are skipped.
+fn commit_staged(paths: &Paths) -> Result<(), StoreError> {
+    for live in [paths.ca_file(), paths.config_file(), paths.jwt_file()] {
+        let file = staged(&live);
+        if file.exists() {
+            fs::rename(&file, &live).map_err(io(&live))?;
+        }
+    }
+    // The previous identity's pending rotation key and status describe another key or device.
+    let next = paths.next_seed_file();
+    if next.exists() {
+        fs::remove_file(&next).map_err(io(&next))?;
+    }
+    let _ = fs::remove_file(paths.status_file());
+    // The renames above must be durable before the seed's: its staged copy is what tells a later
+    // `load` to finish the set.
+    platform::sync_dir(paths.config_dir());
+    platform::sync_dir(paths.state_dir());
+    let seed = paths.seed_file();
+    fs::rename(staged(&seed), &seed).map_err(io(&seed))?;
+    platform::sync_dir(paths.state_dir());
+    Ok(())
 }
 
 #[cfg(test)]
@@ -433,7 +564,7 @@ mod tests {
     }
 
     #[test]
-    fn interrupted_rotations_are_finished_or_undone() {
+    fn interrupted_rotations_are_finished_or_kept() {
         let tmp = tempfile::tempdir().unwrap();
         let paths = Paths::in_dir(tmp.path());
         let issuer = Issuer::new();
@@ -443,17 +574,19 @@ mod tests {
         assert_eq!(loaded.credentials.public_key(), old.public_key());
         assert_eq!(loaded.config, enrollment.config);
 
-        // Crash after the new seed, before the JWT: the old pair stays, the new seed goes.
-        let new = nkeys::KeyPair::new_user();
-        save_seed(&paths.next_seed_file(), &new).unwrap();
+        // Crash after the new seed, before the JWT: the old pair stays in use, and the pending
+        // key is kept for the next renewal (the control plane may already hold it).
+        let new = pending_key(&paths, true).unwrap().unwrap();
         assert_eq!(
             load(&paths).unwrap().credentials.public_key(),
             old.public_key()
         );
-        assert!(!paths.next_seed_file().exists());
+        assert_eq!(
+            pending_key(&paths, false).unwrap().unwrap().public_key(),
+            new.public_key()
+        );
 
         // Crash after the JWT, before the rename: the new pair is completed.
-        save_seed(&paths.next_seed_file(), &new).unwrap();
         save_jwt(&paths.jwt_file(), &issuer.jwt(&new.public_key(), 600)).unwrap();
         assert_eq!(
             load(&paths).unwrap().credentials.public_key(),
@@ -483,6 +616,132 @@ mod tests {
         // A JWT for a key that is nowhere is refused.
         save_jwt(&paths.jwt_file(), &issuer.jwt(&old.public_key(), 600)).unwrap();
         assert!(matches!(load(&paths), Err(StoreError::InvalidJwt { .. })));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn pending_key_is_made_once_and_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = Paths::in_dir(tmp.path());
+        assert!(pending_key(&paths, false).unwrap().is_none());
+        assert!(!paths.next_seed_file().exists());
+        let first = pending_key(&paths, true).unwrap().unwrap();
+        let mode = fs::metadata(paths.next_seed_file())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        // A retry (or a restart) gets the same key, whether or not rotation is still on.
+        for generate in [true, false] {
+            let again = pending_key(&paths, generate).unwrap().unwrap();
+            assert_eq!(again.public_key(), first.public_key());
+        }
+    }
+
+    /// Stages the files of an enrollment of `key` by `issuer` without committing them.
+    fn stage(paths: &Paths, issuer: &Issuer, key: &nkeys::KeyPair, with_seed: bool) {
+        let config = AgentConfig {
+            control_plane_url: "https://cp.example.net".into(),
+            tenant: issuer.tenant.clone(),
+            device_id: issuer.device.clone(),
+            account: issuer.account.clone(),
+            nats_urls: vec!["tls://127.0.0.1:1".into()],
+            heartbeat_secs: 30,
+            rotate_key_on_renew: false,
+        };
+        platform::write_atomic(
+            &staged(&paths.ca_file()),
+            crate::testutil::CA_PEM.as_bytes(),
+        )
+        .unwrap();
+        config.save(&staged(&paths.config_file())).unwrap();
+        save_jwt(
+            &staged(&paths.jwt_file()),
+            &issuer.jwt(&key.public_key(), 600),
+        )
+        .unwrap();
+        if with_seed {
+            save_seed(&staged(&paths.seed_file()), key).unwrap();
+        }
+    }
+
+    fn staged_files(paths: &Paths) -> Vec<PathBuf> {
+        [
+            paths.ca_file(),
+            paths.config_file(),
+            paths.jwt_file(),
+            paths.seed_file(),
+        ]
+        .iter()
+        .map(|p| staged(p))
+        .filter(|p| p.exists())
+        .collect()
+    }
+
+    #[test]
+    fn interrupted_enrollments_are_finished_or_undone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = Paths::in_dir(tmp.path());
+        let (a, b) = (Issuer::new(), Issuer::new());
+        let old = nkeys::KeyPair::new_user();
+        a.enroll(&paths, &old);
+        // The old identity has a pending rotation key: a new enrollment drops it.
+        pending_key(&paths, true).unwrap();
+
+        // Crash while staging (no staged seed yet): the old identity stays, the staged files go.
+        let new = nkeys::KeyPair::new_user();
+        stage(&paths, &b, &new, false);
+        let loaded = load(&paths).unwrap();
+        assert_eq!(loaded.credentials.public_key(), old.public_key());
+        assert_eq!(loaded.config.device_id, a.device);
+        assert!(staged_files(&paths).is_empty());
+        assert!(paths.next_seed_file().exists());
+
+        // Crash after staging, before any rename: the new identity is completed.
+        stage(&paths, &b, &new, true);
+        let loaded = load(&paths).unwrap();
+        assert_eq!(loaded.credentials.public_key(), new.public_key());
+        assert_eq!(loaded.config.device_id, b.device);
+        assert!(staged_files(&paths).is_empty());
+        assert!(!paths.next_seed_file().exists());
+
+        // Crash mid-commit, with the new JWT live and the old seed still in place: completed.
+        let newer = nkeys::KeyPair::new_user();
+        stage(&paths, &a, &newer, true);
+        for f in [paths.ca_file(), paths.config_file(), paths.jwt_file()] {
+            fs::rename(staged(&f), &f).unwrap();
+        }
+        assert_eq!(
+            load_seed(&paths.seed_file()).unwrap().public_key(),
+            new.public_key()
+        );
+        let loaded = load(&paths).unwrap();
+        assert_eq!(loaded.credentials.public_key(), newer.public_key());
+        assert_eq!(loaded.config.device_id, a.device);
+        assert!(staged_files(&paths).is_empty());
+    }
+
+    #[test]
+    fn a_first_enrollment_interrupted_after_staging_counts_and_is_finished() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = Paths::in_dir(tmp.path());
+        let issuer = Issuer::new();
+        let key = nkeys::KeyPair::new_user();
+        stage(&paths, &issuer, &key, false);
+        // Incomplete: not enrolled, and loading cleans up.
+        assert!(!is_enrolled(&paths));
+        assert!(matches!(load(&paths), Err(StoreError::NotEnrolled { .. })));
+        assert!(staged_files(&paths).is_empty());
+        // Complete: enrolled, and loading finishes it.
+        stage(&paths, &issuer, &key, true);
+        assert_eq!(enrolled_file(&paths), Some(staged(&paths.seed_file())));
+        assert_eq!(
+            load(&paths).unwrap().credentials.public_key(),
+            key.public_key()
+        );
+        assert_eq!(enrolled_file(&paths), Some(paths.config_file()));
     }
 
     #[test]

@@ -46,6 +46,7 @@ async fn bucket(
     description: &str,
     history: i64,
     replicas: usize,
+    max_age: Option<Duration>,
 ) -> Result<kv::Store, AuthorityError> {
     if let Ok(s) = js.get_key_value(name).await {
         return Ok(s);
@@ -56,11 +57,13 @@ async fn bucket(
         history,
         storage: jetstream::stream::StorageType::File,
         num_replicas: replicas,
+        max_age: max_age.unwrap_or_default(),
         ..Default::default()
     })
     .await
     .map_err(store_err)
 }
+
 /// How far into the future a revocation reaches (covers clock skew between replicas).
 pub const REVOCATION_SKEW_SECS: i64 = 120;
 /// The longest lifetime any user JWT can have (the configuration cannot allow more).
@@ -437,6 +440,7 @@ impl Authority {
             "Tenant records (secrets sealed)",
             8,
             replicas,
+            None,
         )
         .await?;
         let tokens = bucket(
@@ -445,15 +449,17 @@ impl Authority {
             "Enrollment tokens (hashes only)",
             4,
             replicas,
+            Some(Duration::from_secs(400 * 86_400)),
         )
         .await?;
-        let devices = bucket(&js, DEVICES_BUCKET, "Device records", 4, replicas).await?;
+        let devices = bucket(&js, DEVICES_BUCKET, "Device records", 4, replicas, None).await?;
         let machines = bucket(
             &js,
             MACHINES_BUCKET,
             "Machine id to device index",
             1,
             replicas,
+            None,
         )
         .await?;
         let blocks = bucket(
@@ -462,6 +468,7 @@ impl Authority {
             "Enrollment failures and IP blocks",
             1,
             replicas,
+            Some(Duration::from_secs(8 * 86_400)),
         )
         .await?;
         let audit = crate::audit::Audit::open(&js, replicas).await?;

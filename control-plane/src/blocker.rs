@@ -43,8 +43,22 @@ pub struct IpBlocker {
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
 }
 
+/// The unit an address is limited and blocked as: the address itself for IPv4, its /64 for
+/// IPv6 (one host can use a whole /64).
+fn unit(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(
+                seg[0], seg[1], seg[2], seg[3], 0, 0, 0, 0,
+            ))
+        }
+        v4 => v4,
+    }
+}
+
 fn key(ip: &IpAddr) -> String {
-    format!("ip.{}", ip.to_string().replace(':', "_"))
+    format!("ip.{}", unit(*ip).to_string().replace(':', "_"))
 }
 
 impl IpBlocker {
@@ -58,7 +72,8 @@ impl IpBlocker {
     }
 
     fn allowed(&self, ip: &IpAddr) -> bool {
-        self.cfg.allow.iter().any(|n| n.contains(ip))
+        let ip = ip.to_canonical();
+        self.cfg.allow.iter().any(|n| n.contains(&ip))
     }
 
     /// Checks a request from `ip` (and takes one token from its bucket).
@@ -66,8 +81,12 @@ impl IpBlocker {
         if self.allowed(&ip) {
             return Ok(Gate::Allowed);
         }
-        if self.cfg.deny.iter().any(|n| n.contains(&ip)) {
+        if self.cfg.deny.iter().any(|n| n.contains(&ip.to_canonical())) {
             return Ok(Gate::Denied);
+        }
+        // The local bucket first: a flood costs no store reads.
+        if !self.take_token(unit(ip)) {
+            return Ok(Gate::Limited);
         }
         if let Some(e) = self.kv.entry(key(&ip)).await.map_err(store_err)?
             && e.operation == kv::Operation::Put
@@ -78,11 +97,7 @@ impl IpBlocker {
                 until: r.blocked_until,
             });
         }
-        Ok(if self.take_token(ip) {
-            Gate::Allowed
-        } else {
-            Gate::Limited
-        })
+        Ok(Gate::Allowed)
     }
 
     fn take_token(&self, ip: IpAddr) -> bool {
@@ -159,5 +174,21 @@ impl IpBlocker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_is_limited_per_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(key(&a), key(&b));
+        assert_ne!(key(&a), key(&c));
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(key(&mapped), "ip.10.1.2.3");
     }
 }

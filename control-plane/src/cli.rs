@@ -133,7 +133,7 @@ pub enum TokenCommand {
         #[arg(long)]
         expires_in_secs: Option<i64>,
         /// How many devices may enroll with it.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         max_uses: u32,
         /// Free text.
         #[arg(long, default_value = "")]
@@ -555,25 +555,22 @@ async fn tenant(data_dir: &Path, cmd: TenantCommand, json: bool) -> anyhow::Resu
     Ok(())
 }
 
-/// The command that enrolls an agent on this machine with `token`.
-pub fn enroll_command(auth: &Authority, token: &str) -> Option<String> {
+/// The command that enrolls an agent on this machine with `token` (passed in the environment,
+/// so it stays out of the process list and shell history), running the agent binary `agent`.
+pub fn enroll_command(auth: &Authority, token: &str, agent: &str) -> Option<String> {
     let http = auth.config().http.as_ref()?;
     let ca = http
         .tls_cert
         .parent()
         .map(|d| d.join(crate::certs::files::CA))
         .filter(|p| p.exists());
-    Some(match ca {
-        Some(ca) => format!(
-            "wegweiser-agent enroll --url {} --token {token} --ca-file {}",
-            http.public_url,
-            ca.display()
-        ),
-        None => format!(
-            "wegweiser-agent enroll --url {} --token {token}",
-            http.public_url
-        ),
-    })
+    let ca = ca
+        .map(|p| format!(" --ca-file {}", p.display()))
+        .unwrap_or_default();
+    Some(format!(
+        "WEGWEISER_ENROLL_TOKEN={token} {agent} enroll --url {}{ca}",
+        http.public_url
+    ))
 }
 
 async fn token(data_dir: &Path, cmd: TokenCommand, json: bool) -> anyhow::Result<()> {
@@ -597,7 +594,7 @@ async fn token(data_dir: &Path, cmd: TokenCommand, json: bool) -> anyhow::Result
                     label,
                 })
                 .await?;
-            let cmd = enroll_command(&auth, secret.expose());
+            let cmd = enroll_command(&auth, secret.expose(), "wegweiser-agent");
             print(
                 json,
                 &serde_json::json!({"token": secret.expose(), "record": rec, "enroll_command": cmd}),
@@ -960,7 +957,8 @@ async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
             label: "wegweiser up".into(),
         })
         .await?;
-    let enroll = enroll_command(&auth, token.expose()).unwrap_or_default();
+    let enroll =
+        enroll_command(&auth, token.expose(), "target/release/wegweiser-agent").unwrap_or_default();
     let dd = data_dir.display();
     print(
         json,
@@ -969,7 +967,7 @@ async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
             format!(
                 "Wegweiser is up.\n  nats-server {version} at {} (log: {})\n  control plane: {}\n  demo tenant: {} (account {})\n\n\
                  Enroll an agent on this machine (one-time token, valid 1 h), in another terminal:\n  \
-                 target/release/{enroll} --state-dir {dd}/agent\n  \
+                 {enroll} --state-dir {dd}/agent\n  \
                  target/release/wegweiser-agent run --state-dir {dd}/agent\n\n\
                  Then: target/release/wegweiser --data-dir {dd} device list --tenant {}\n\n\
                  Press Ctrl-C to stop.",

@@ -91,6 +91,10 @@ pub struct Config {
     /// Limits of new tenants.
     #[serde(default)]
     pub tenant_defaults: TenantLimits,
+    /// Shortest time between two renewals of one device, seconds (capped at a quarter of the
+    /// device JWT lifetime).
+    #[serde(default = "default_renew_min_interval")]
+    pub renew_min_interval_secs: i64,
     /// NATS URLs handed to devices at enrollment (default: `nats_url`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub device_nats_urls: Vec<String>,
@@ -159,6 +163,9 @@ fn default_device_ttl() -> i64 {
 fn default_technician_ttl() -> i64 {
     8 * 3600
 }
+fn default_renew_min_interval() -> i64 {
+    30
+}
 fn default_replicas() -> usize {
     1
 }
@@ -208,6 +215,7 @@ impl Config {
             technician_jwt_ttl_secs: default_technician_ttl(),
             kv_replicas: 1,
             tenant_defaults: TenantLimits::default(),
+            renew_min_interval_secs: default_renew_min_interval(),
             device_nats_urls: Vec::new(),
             http: None,
             enrollment: EnrollmentConfig::default(),
@@ -297,6 +305,12 @@ impl Config {
                 self.kv_replicas
             ));
         }
+        if self.renew_min_interval_secs < 0 {
+            p.push("renew_min_interval_secs must not be negative".to_owned());
+        }
+        if self.http.is_some() && self.nats_ca.is_none() {
+            p.push("[http] needs nats_ca: enrolling devices are given the CA that signed nats-server's certificate".to_owned());
+        }
         if let Some(h) = &self.http {
             for (name, f) in [("http.tls_cert", &h.tls_cert), ("http.tls_key", &h.tls_key)] {
                 if !f.is_file() {
@@ -319,8 +333,13 @@ impl Config {
                 "enrollment.rate_per_minute, burst and max_failures must be at least 1".to_owned(),
             );
         }
-        if e.failure_window_secs < 1 || e.block_secs < 1 {
-            p.push("enrollment.failure_window_secs and block_secs must be at least 1".to_owned());
+        if !(1..=86_400).contains(&e.failure_window_secs)
+            || !(1..=7 * 86_400).contains(&e.block_secs)
+        {
+            p.push(
+                "enrollment.failure_window_secs must be 1 to 86400 and block_secs 1 to 604800"
+                    .to_owned(),
+            );
         }
         p.extend(
             self.tenant_defaults

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use wegweiser_shared::{
     enroll::{
         DeviceFacts, EnrollRequest, EnrollResponse, NewKey, RenewRequest, RenewResponse,
-        TOKEN_PREFIX, new_key_proof_message,
+        TOKEN_PREFIX, enroll_proof_message, new_key_proof_message, verify_proof,
     },
     ids::{AccountKey, DeviceId, TenantId, UserKey},
     secret::SecretString,
@@ -75,6 +75,20 @@ pub struct NewToken {
     pub label: String,
 }
 
+/// What [`Authority::plan_enrollment`] decided.
+#[derive(Debug)]
+struct EnrollmentPlan {
+    account: AccountKey,
+    device: DeviceId,
+    takeover: Option<(DeviceRecord, u64)>,
+    machine_indexed: bool,
+    indexed_active: bool,
+    machine_key: String,
+    jwt: String,
+    expires_at: i64,
+    ca: String,
+}
+
 /// Device lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,6 +114,9 @@ pub struct DeviceRecord {
     pub group: Scope,
     /// Current user public key.
     pub public_key: UserKey,
+    /// The key before the last rotation or re-enrollment (its JWT may still be valid).
+    #[serde(default)]
+    pub previous_key: Option<UserKey>,
     /// State.
     pub state: DeviceState,
     /// Facts reported at the last enrollment.
@@ -153,6 +170,9 @@ pub enum EnrollError {
     /// The key presented is not the device's current key.
     #[error("this key is no longer the device's key; enroll it again with a new token")]
     StaleKey,
+    /// Renewed too recently.
+    #[error("renewed moments ago; try again later")]
+    TooSoon,
     /// Internal failure (details logged, not returned).
     #[error("internal error; try again later")]
     Internal(#[from] AuthorityError),
@@ -171,6 +191,7 @@ impl EnrollError {
             Self::UnknownDevice => "unknown_device",
             Self::Revoked => "revoked",
             Self::StaleKey => "stale_key",
+            Self::TooSoon => "too_soon",
             Self::Internal(_) => "internal",
         }
     }
@@ -242,7 +263,15 @@ impl Authority {
             label: new.label,
             created_at: now,
             expires_at: now + ttl,
-            max_uses: new.max_uses.unwrap_or(1).max(1),
+            max_uses: match new.max_uses {
+                None => 1,
+                Some(0) => {
+                    return Err(AuthorityError::Store(
+                        "a token needs at least one use (--max-uses 1 or more)".into(),
+                    ));
+                }
+                Some(n) => n,
+            },
             uses: 0,
             revoked_at: None,
         };
@@ -453,7 +482,8 @@ impl Authority {
         Ok(out)
     }
 
-    /// Enrolls a device: consumes the token, creates or updates the device record, issues its JWT.
+    /// Enrolls a device: checks the key proofs, consumes the token, creates or takes over the
+    /// device record, issues its JWT.
     pub async fn enroll(
         &self,
         req: EnrollRequest,
@@ -463,36 +493,50 @@ impl Authority {
         if !problems.is_empty() {
             return Err(EnrollError::BadRequest(problems.join("; ")));
         }
+        let message = enroll_proof_message(&req.token, &req.facts.machine_id, &req.public_key);
+        if !verify_proof(&req.public_key, &message, &req.proof) {
+            return Err(EnrollError::BadRequest(
+                "the key proof does not verify: sign the enrollment message with the new key"
+                    .into(),
+            ));
+        }
+        if let Some(cur) = &req.current
+            && !verify_proof(&cur.public_key, &message, &cur.proof)
+        {
+            return Err(EnrollError::BadRequest(
+                "the current-key proof does not verify".into(),
+            ));
+        }
         let (hash, token) = self.consume_token(&req.token).await?;
-        match self.enroll_with(&token, &req, ip).await {
-            Ok(r) => Ok(r),
+        let plan = match self.plan_enrollment(&token, &req).await {
+            Ok(p) => p,
             Err(e) => {
-                // Give the use back: nothing was enrolled with it.
+                // Nothing was written: give the use back.
                 let _ = self
                     .update_token(&hash, |r| {
                         r.uses = r.uses.saturating_sub(1);
                         Ok(())
                     })
                     .await;
-                Err(e)
+                return Err(e);
             }
-        }
+        };
+        self.commit_enrollment(&token, &req, ip, plan).await
     }
 
-    async fn enroll_with(
+    /// Everything an enrollment decides before it writes anything: which device, and its JWT.
+    async fn plan_enrollment(
         &self,
         token: &TokenRecord,
         req: &EnrollRequest,
-        ip: &str,
-    ) -> Result<EnrollResponse, EnrollError> {
+    ) -> Result<EnrollmentPlan, EnrollError> {
         let tenant_id = &token.tenant;
         let (tenant, signer) = self
             .signer(tenant_id)
             .await
             .map_err(|_| EnrollError::TenantUnavailable)?;
-        let now = time::now();
         let mkey = machine_key(tenant_id, &req.facts.machine_id);
-        let known = self
+        let indexed = self
             .inner
             .machines
             .entry(&mkey)
@@ -500,72 +544,28 @@ impl Authority {
             .map_err(|e| EnrollError::Internal(store_err(e)))?
             .filter(|e| e.operation == kv::Operation::Put)
             .and_then(|e| std::str::from_utf8(&e.value).ok()?.parse::<DeviceId>().ok());
-        let existing = match &known {
+        let existing = match &indexed {
             Some(d) => self.device_entry(tenant_id, d).await?,
             None => None,
         };
-        let (record, old_key) = match existing {
-            Some((mut r, rev)) => {
-                let old = r.public_key.clone();
-                r.public_key = req.public_key.clone();
-                r.state = DeviceState::Active;
-                r.revoked_at = None;
-                r.facts = req.facts.clone();
-                r.enrolled_by = token.id.clone();
-                r.enrolled_from = ip.to_owned();
-                r.organization = token.organization.clone();
-                r.group = token.group.clone();
-                r.reenrollments += 1;
-                let body =
-                    serde_json::to_vec(&r).map_err(|e| EnrollError::Internal(store_err(e)))?;
-                self.inner
-                    .devices
-                    .update(device_key(tenant_id, &r.id), body.into(), rev)
-                    .await
-                    .map_err(|e| EnrollError::Internal(store_err(e)))?;
-                (r, (old != req.public_key).then_some(old))
-            }
-            None => {
-                let r = DeviceRecord {
-                    id: DeviceId::generate(),
-                    tenant: tenant_id.clone(),
-                    organization: token.organization.clone(),
-                    group: token.group.clone(),
-                    public_key: req.public_key.clone(),
-                    state: DeviceState::Active,
-                    facts: req.facts.clone(),
-                    enrolled_at: now,
-                    enrolled_by: token.id.clone(),
-                    enrolled_from: ip.to_owned(),
-                    reenrollments: 0,
-                    renewed_at: None,
-                    revoked_at: None,
-                };
-                let body =
-                    serde_json::to_vec(&r).map_err(|e| EnrollError::Internal(store_err(e)))?;
-                self.inner
-                    .devices
-                    .create(device_key(tenant_id, &r.id), body.into())
-                    .await
-                    .map_err(|e| EnrollError::Internal(store_err(e)))?;
-                self.inner
-                    .machines
-                    .put(&mkey, r.id.to_string().into_bytes().into())
-                    .await
-                    .map_err(|e| EnrollError::Internal(store_err(e)))?;
-                (r, None)
-            }
-        };
-        let (tenant, signer) = match &old_key {
-            Some(old) => {
-                // The machine moved to a new key: the old one must stop working now.
-                self.revoke(tenant_id, old).await?;
-                self.signer(tenant_id).await?
-            }
-            None => (tenant, signer),
-        };
+        // Take over the existing device only when the request proves it holds the device's
+        // current key: a machine id alone is not secret (and cloned machines share one).
+        let indexed_active = existing
+            .as_ref()
+            .is_some_and(|(r, _)| r.state == DeviceState::Active);
+        let takeover = existing.filter(|(r, _)| {
+            r.state == DeviceState::Active
+                && req
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.public_key == r.public_key)
+        });
+        let device = takeover
+            .as_ref()
+            .map(|(r, _)| r.id.clone())
+            .unwrap_or_else(DeviceId::generate);
         let issued = self
-            .issue_device_with(&tenant, &signer, &record.id, &req.public_key, None)
+            .issue_device_with(&tenant, &signer, &device, &req.public_key, None)
             .map_err(|e| match e {
                 AuthorityError::Revoked(_) => EnrollError::BadRequest(
                     "this public key was revoked; generate a new key".into(),
@@ -580,24 +580,123 @@ impl Authority {
             })?,
             None => String::new(),
         };
+        Ok(EnrollmentPlan {
+            account: tenant.account.clone(),
+            device,
+            takeover,
+            machine_indexed: indexed.is_some(),
+            indexed_active,
+            machine_key: mkey,
+            jwt: issued.jwt,
+            expires_at: issued.expires_at,
+            ca,
+        })
+    }
+
+    async fn commit_enrollment(
+        &self,
+        token: &TokenRecord,
+        req: &EnrollRequest,
+        ip: &str,
+        plan: EnrollmentPlan,
+    ) -> Result<EnrollResponse, EnrollError> {
+        let tenant_id = &token.tenant;
+        let internal = |e: AuthorityError| EnrollError::Internal(e);
+        let reenrolled = plan.takeover.is_some();
+        match plan.takeover {
+            Some((mut r, rev)) => {
+                let old = r.public_key.clone();
+                r.previous_key = Some(old.clone());
+                r.public_key = req.public_key.clone();
+                r.facts = req.facts.clone();
+                r.enrolled_by = token.id.clone();
+                r.enrolled_from = ip.to_owned();
+                r.organization = token.organization.clone();
+                r.group = token.group.clone();
+                r.reenrollments += 1;
+                let body = serde_json::to_vec(&r).map_err(|e| internal(store_err(e)))?;
+                self.inner
+                    .devices
+                    .update(device_key(tenant_id, &r.id), body.into(), rev)
+                    .await
+                    .map_err(|e| internal(store_err(e)))?;
+                if old != req.public_key {
+                    // The machine moved to a new key: the old one stops working now.
+                    self.revoke(tenant_id, &old).await?;
+                }
+            }
+            None => {
+                let r = DeviceRecord {
+                    id: plan.device.clone(),
+                    tenant: tenant_id.clone(),
+                    organization: token.organization.clone(),
+                    group: token.group.clone(),
+                    public_key: req.public_key.clone(),
+                    previous_key: None,
+                    state: DeviceState::Active,
+                    facts: req.facts.clone(),
+                    enrolled_at: time::now(),
+                    enrolled_by: token.id.clone(),
+                    enrolled_from: ip.to_owned(),
+                    reenrollments: 0,
+                    renewed_at: None,
+                    revoked_at: None,
+                };
+                let body = serde_json::to_vec(&r).map_err(|e| internal(store_err(e)))?;
+                self.inner
+                    .devices
+                    .create(device_key(tenant_id, &r.id), body.into())
+                    .await
+                    .map_err(|e| internal(store_err(e)))?;
+                let id = r.id.to_string().into_bytes();
+                if plan.indexed_active {
+                    // The machine id names an active device this request could not prove to be:
+                    // keep the index on that device; this one stands on its own.
+                } else if plan.machine_indexed {
+                    self.inner
+                        .machines
+                        .put(&plan.machine_key, id.into())
+                        .await
+                        .map_err(|e| internal(store_err(e)))?;
+                } else if let Err(e) = self
+                    .inner
+                    .machines
+                    .create(&plan.machine_key, id.into())
+                    .await
+                    && e.kind() != kv::CreateErrorKind::AlreadyExists
+                {
+                    // (AlreadyExists: two first enrollments of one machine at once; the first
+                    // index wins and this device stays on its own.)
+                    return Err(internal(store_err(e)));
+                }
+                if plan.indexed_active {
+                    let mut a =
+                        AuditEntry::new("enroll.duplicate_machine", "enrollment", "new_device");
+                    a.tenant = Some(tenant_id.to_string());
+                    a.device = Some(r.id.to_string());
+                    a.ip = Some(ip.to_owned());
+                    self.inner.audit.record(a).await;
+                }
+            }
+        }
         let mut a = AuditEntry::new("enroll", "enrollment", "ok");
         a.tenant = Some(tenant_id.to_string());
-        a.device = Some(record.id.to_string());
+        a.device = Some(plan.device.to_string());
         a.ip = Some(ip.to_owned());
         a.detail = serde_json::json!({
-            "token": token.id, "public_key": req.public_key, "reenrolled": known.is_some(),
-            "hostname": record.facts.hostname,
+            "token": token.id, "public_key": req.public_key, "reenrolled": reenrolled,
+            "hostname": req.facts.hostname,
         });
         self.inner.audit.record(a).await;
         Ok(EnrollResponse {
-            device_id: record.id,
+            device_id: plan.device,
             tenant: tenant_id.clone(),
-            account: tenant.account.clone(),
-            jwt: issued.jwt,
-            jwt_expires_at: issued.expires_at,
+            account: plan.account,
+            jwt: plan.jwt,
+            jwt_expires_at: plan.expires_at,
             nats_urls: self.inner.cfg.device_urls(),
-            nats_ca_pem: ca,
-            reenrolled: known.is_some(),
+            nats_ca_pem: plan.ca,
+            reenrolled,
             trust: None,
         })
     }
@@ -630,6 +729,10 @@ impl Authority {
             }
         };
         self.revoke(tenant, &record.public_key).await?;
+        if let Some(previous) = &record.previous_key {
+            // Its JWT may not have lapsed yet.
+            self.revoke(tenant, previous).await?;
+        }
         let mut a = AuditEntry::new("device.revoke", "cli", "ok");
         a.tenant = Some(tenant.to_string());
         a.device = Some(device.to_string());
@@ -666,13 +769,18 @@ impl Authority {
         &self,
         account: &AccountKey,
         device: &DeviceId,
-        presented: Option<&str>,
+        presented: &str,
         req: RenewRequest,
     ) -> Result<RenewResponse, EnrollError> {
         let tenant = self
             .tenant_by_account(account)
             .await?
             .ok_or(EnrollError::UnknownDevice)?;
+        let min_interval = self
+            .inner
+            .cfg
+            .renew_min_interval_secs
+            .min(self.inner.cfg.device_jwt_ttl_secs / 4);
         loop {
             let Some((mut r, rev)) = self.device_entry(&tenant, device).await? else {
                 return Err(EnrollError::UnknownDevice);
@@ -680,15 +788,32 @@ impl Authority {
             if r.state != DeviceState::Active {
                 return Err(EnrollError::Revoked);
             }
-            if let Some(p) = presented
-                && p != r.public_key.as_str()
-            {
+            let now = time::now();
+            // A rotation whose answer was lost: the device retries from its previous key with the
+            // key it already moved to. Answer again, for the current key.
+            let retried_rotation = r
+                .previous_key
+                .as_ref()
+                .is_some_and(|p| p.as_str() == presented)
+                && req
+                    .new_key
+                    .as_ref()
+                    .is_some_and(|n| n.public_key == r.public_key);
+            if presented != r.public_key.as_str() && !retried_rotation {
                 return Err(EnrollError::StaleKey);
+            }
+            if !retried_rotation && r.renewed_at.is_some_and(|t| now - t < min_interval) {
+                return Err(EnrollError::TooSoon);
             }
             let key = match &req.new_key {
                 None => r.public_key.clone(),
                 Some(NewKey { public_key, proof }) => {
-                    verify_proof(device, r.public_key.as_str(), public_key, proof)?;
+                    let message = new_key_proof_message(device, presented, public_key);
+                    if !verify_proof(public_key, &message, proof) {
+                        return Err(EnrollError::BadRequest(
+                            "new key proof does not verify".into(),
+                        ));
+                    }
                     public_key.clone()
                 }
             };
@@ -699,9 +824,19 @@ impl Authority {
                     AuthorityError::Revoked(_) => EnrollError::Revoked,
                     other => EnrollError::Internal(other),
                 })?;
-            let old = r.public_key.clone();
-            r.public_key = key;
-            r.renewed_at = Some(time::now());
+            if retried_rotation {
+                return Ok(RenewResponse::Ok {
+                    jwt: issued.jwt,
+                    expires_at: issued.expires_at,
+                });
+            }
+            if key != r.public_key {
+                // The old key's short JWT lapses on its own; it is never renewed again, and
+                // revoking the device revokes it too.
+                r.previous_key = Some(r.public_key.clone());
+                r.public_key = key;
+            }
+            r.renewed_at = Some(now);
             let body = serde_json::to_vec(&r).map_err(|e| EnrollError::Internal(store_err(e)))?;
             match self
                 .inner
@@ -710,11 +845,6 @@ impl Authority {
                 .await
             {
                 Ok(_) => {
-                    if old != r.public_key {
-                        // The old key's JWT lapses on its own (it is short); it is never renewed
-                        // again because it is no longer the device's key.
-                        tracing::info!(tenant = %tenant, device = %device, "Device key rotated.");
-                    }
                     return Ok(RenewResponse::Ok {
                         jwt: issued.jwt,
                         expires_at: issued.expires_at,
@@ -727,26 +857,6 @@ impl Authority {
     }
 }
 
-fn verify_proof(
-    device: &DeviceId,
-    old: &str,
-    new: &UserKey,
-    proof: &str,
-) -> Result<(), EnrollError> {
-    use base64::Engine;
-    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(proof)
-        .map_err(|_| EnrollError::BadRequest("new key proof is not base64url".into()))?;
-    let kp = nkeys::KeyPair::from_public_key(new.as_str())
-        .map_err(|_| EnrollError::BadRequest("new key is invalid".into()))?;
-    kp.verify(&new_key_proof_message(device, old, new), &sig)
-        .map_err(|_| EnrollError::BadRequest("new key proof does not verify".into()))
-}
-
 fn data_encoding_lower(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -78,6 +78,7 @@ impl From<&EnrollError> for StatusCode {
             EnrollError::UnknownDevice | EnrollError::Revoked | EnrollError::StaleKey => {
                 StatusCode::FORBIDDEN
             }
+            EnrollError::TooSoon => StatusCode::TOO_MANY_REQUESTS,
             EnrollError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             #[allow(unreachable_patterns)]
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -146,7 +147,8 @@ async fn enroll(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let ip = addr.ip();
+    // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d.
+    let ip = addr.ip().to_canonical();
     let now = time::now();
     let m = s.auth.metrics();
     let gate = s.gate.check(ip, now).await.map_err(|e| {
@@ -189,7 +191,18 @@ async fn enroll(
         }
     }
     let result = match parse(body) {
-        Ok(req) => s.auth.enroll(req, &ip.to_string()).await,
+        Ok(req) => {
+            // In a task of its own: a client that hangs up must not cut an enrollment short
+            // between its writes.
+            let (auth, ip_s) = (s.auth.clone(), ip.to_string());
+            tokio::spawn(async move { auth.enroll(req, &ip_s).await })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(EnrollError::Internal(
+                        crate::authority::AuthorityError::Store(format!("enrollment task: {e}")),
+                    ))
+                })
+        }
         Err(e) => Err(e),
     };
     match result {
@@ -229,10 +242,8 @@ fn parse(body: Result<Bytes, BytesRejection>) -> Result<EnrollRequest, EnrollErr
     serde_json::from_slice::<EnrollRequest>(&body).map_err(|e| {
         let what = match e.classify() {
             serde_json::error::Category::Data => {
-                // Data errors name the field and why; cut them short.
-                let mut m = e.to_string();
-                m.truncate(200);
-                m
+                // Data errors name the field and why; cut them short (on a character boundary).
+                e.to_string().chars().take(200).collect()
             }
             _ => format!("not valid JSON (line {}, column {})", e.line(), e.column()),
         };

@@ -56,9 +56,13 @@ pub async fn run_renewals(auth: Authority) -> anyhow::Result<()> {
                     if let EnrollError::Internal(inner) = &e {
                         tracing::error!(error = %inner, subject = %msg.subject, "Renewal failed.");
                     }
-                    let mut a = AuditEntry::new("renew.refused", "renewal", e.code());
-                    a.detail = serde_json::json!({"subject": msg.subject.as_str()});
-                    auth.audit().record(a).await;
+                    // Too-soon refusals are only counted: a device repeating requests must not
+                    // be able to fill the audit trail.
+                    if !matches!(e, EnrollError::TooSoon) {
+                        let mut a = AuditEntry::new("renew.refused", "renewal", e.code());
+                        a.detail = serde_json::json!({"subject": msg.subject.as_str()});
+                        auth.audit().record(a).await;
+                    }
                     RenewResponse::Refused(ErrorBody {
                         code: e.code().to_owned(),
                         message: e.to_string(),
@@ -106,7 +110,7 @@ async fn answer(auth: &Authority, msg: &async_nats::Message) -> Result<RenewResp
         .and_then(|h| h.get("Nats-Request-Info"))
         .and_then(|v| serde_json::from_str::<RequestInfo>(v.as_str()).ok());
     let presented = match &info {
-        Some(i) if i.acc == account.as_str() && !i.user.is_empty() => Some(i.user.as_str()),
+        Some(i) if i.acc == account.as_str() && !i.user.is_empty() => i.user.as_str(),
         _ => {
             return Err(EnrollError::BadRequest(
                 "request info missing or not matching".into(),

@@ -63,15 +63,71 @@ impl DeviceFacts {
     }
 }
 
-/// `POST /v1/enroll` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /v1/enroll` body. `Debug` leaves the token out.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct EnrollRequest {
     /// The enrollment token (secret; never logged).
     pub token: String,
     /// The user public key the device generated.
     pub public_key: UserKey,
+    /// Proof that the device holds that key: base64url (no padding) of its signature over
+    /// [`enroll_proof_message`].
+    pub proof: String,
+    /// When the device is already enrolled (re-enrollment, `enroll --force`): its current key
+    /// and that key's signature over the same message. Without it, a machine id that is already
+    /// enrolled gets a new device instead of taking over the existing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<KeyProof>,
     /// Facts about the device.
     pub facts: DeviceFacts,
+}
+
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("token", &"***")
+            .field("public_key", &self.public_key)
+            .field("current", &self.current.as_ref().map(|c| &c.public_key))
+            .field("facts", &self.facts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A public key and its signature over a message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyProof {
+    /// The user public key.
+    pub public_key: UserKey,
+    /// base64url (no padding) signature.
+    pub proof: String,
+}
+
+/// What an enrolling device signs: binds the token (by hash, so the signature reveals nothing),
+/// the machine and the new key.
+pub fn enroll_proof_message(token: &str, machine_id: &str, new_key: &UserKey) -> Vec<u8> {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(token.as_bytes());
+    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+    format!("wegweiser/enroll/v1\n{hex}\n{machine_id}\n{new_key}").into_bytes()
+}
+
+/// Signs `message` with `key` (base64url, no padding), for [`EnrollRequest::proof`] and
+/// [`NewKey::proof`].
+pub fn sign_proof(key: &nkeys::KeyPair, message: &[u8]) -> Option<String> {
+    use base64::Engine;
+    let sig = key.sign(message).ok()?;
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig))
+}
+
+/// Checks a proof made by [`sign_proof`] against `public_key`.
+pub fn verify_proof(public_key: &UserKey, message: &[u8], proof: &str) -> bool {
+    use base64::Engine;
+    let Ok(sig) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(proof) else {
+        return false;
+    };
+    nkeys::KeyPair::from_public_key(public_key.as_str())
+        .and_then(|k| k.verify(message, &sig))
+        .is_ok()
 }
 
 /// `POST /v1/enroll` answer.

@@ -36,6 +36,8 @@ async fn run(quick: bool) {
                 allow: vec!["127.0.0.0/8".parse().unwrap()],
                 ..Default::default()
             }),
+            // Each device renews many times in a row here.
+            renew_min_interval: Some(0),
             ..Default::default()
         })
         .await
@@ -80,15 +82,23 @@ async fn run(quick: bool) {
                     break;
                 }
                 let kp = nkeys::KeyPair::new_user();
-                let body = serde_json::to_vec(&serde_json::json!({
-                    "token": token, "public_key": kp.public_key(),
-                    "facts": {"hostname": format!("h{i}"), "os": "linux", "machine_id": format!("bench-{i}")}
-                }))
-                .unwrap();
+                let facts = wegweiser_shared::enroll::DeviceFacts {
+                    hostname: format!("h{i}"),
+                    os: "linux".into(),
+                    os_version: String::new(),
+                    arch: String::new(),
+                    machine_id: format!("bench-{i}"),
+                    agent_version: String::new(),
+                };
+                let body = wegweiser_tests::enroll_body(&token, &kp, &facts, None);
                 let (status, v) = p.post_enroll(body).await.unwrap();
                 assert_eq!(status, 200, "{v}");
                 enrolled.lock().unwrap().push((
-                    v["device_id"].as_str().unwrap().parse::<DeviceId>().unwrap(),
+                    v["device_id"]
+                        .as_str()
+                        .unwrap()
+                        .parse::<DeviceId>()
+                        .unwrap(),
                     v["jwt"].as_str().unwrap().to_owned(),
                     Arc::new(kp),
                 ));

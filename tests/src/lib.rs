@@ -41,6 +41,8 @@ pub struct PlatformOptions {
     pub enrollment: Option<wegweiser_cp::config::EnrollmentConfig>,
     /// Device JWT lifetime, seconds.
     pub device_ttl: Option<i64>,
+    /// Shortest time between two renewals of a device, seconds.
+    pub renew_min_interval: Option<i64>,
 }
 
 impl Platform {
@@ -81,7 +83,10 @@ impl Platform {
             server_name: "wegweiser-test".into(),
             http_port: Some(nats_server::free_port()?),
         })?;
-        if opts.enrollment.is_some() || opts.device_ttl.is_some() {
+        if opts.enrollment.is_some()
+            || opts.device_ttl.is_some()
+            || opts.renew_min_interval.is_some()
+        {
             let path = data.join(wegweiser_cp::config::CONFIG_FILE);
             let mut cfg: wegweiser_cp::config::Config =
                 toml::from_str(&std::fs::read_to_string(&path)?)?;
@@ -90,6 +95,9 @@ impl Platform {
             }
             if let Some(t) = opts.device_ttl {
                 cfg.device_jwt_ttl_secs = t;
+            }
+            if let Some(t) = opts.renew_min_interval {
+                cfg.renew_min_interval_secs = t;
             }
             std::fs::write(&path, toml::to_string(&cfg)?)?;
         }
@@ -341,4 +349,29 @@ pub fn drain(rx: &mut mpsc::UnboundedReceiver<async_nats::Message>) -> Vec<Strin
 /// Where the workspace lives (for finding binaries built by cargo).
 pub fn workspace_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// An enrollment request body with the proof of possession of `key` (and, for a re-enrollment,
+/// of the device's current key).
+pub fn enroll_body(
+    token: &str,
+    key: &nkeys::KeyPair,
+    facts: &wegweiser_shared::enroll::DeviceFacts,
+    current: Option<&nkeys::KeyPair>,
+) -> Vec<u8> {
+    use wegweiser_shared::enroll::{enroll_proof_message, sign_proof};
+    let public: wegweiser_shared::ids::UserKey =
+        key.public_key().parse().unwrap_or_else(|e| panic!("{e}"));
+    let message = enroll_proof_message(token, &facts.machine_id, &public);
+    let mut body = serde_json::json!({
+        "token": token,
+        "public_key": public,
+        "proof": sign_proof(key, &message),
+        "facts": facts,
+    });
+    if let Some(c) = current {
+        body["current"] =
+            serde_json::json!({"public_key": c.public_key(), "proof": sign_proof(c, &message)});
+    }
+    serde_json::to_vec(&body).unwrap_or_default()
 }

@@ -139,10 +139,16 @@ async fn enroll_agent(p: &Platform, tenant: &TenantId, state: &Path) -> DeviceId
 
 /// Makes heartbeats come every second, to keep the tests short.
 fn fast_heartbeats(state: &Path) {
+    configure(state, false);
+}
+
+/// Fast heartbeats, and optionally a new device key at every renewal.
+fn configure(state: &Path, rotate: bool) {
     let cfg = state.join("agent.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
     let mut v: toml::Table = text.parse().unwrap();
     v.insert("heartbeat_secs".into(), toml::Value::Integer(1));
+    v.insert("rotate_key_on_renew".into(), toml::Value::Boolean(rotate));
     std::fs::write(&cfg, toml::to_string(&v).unwrap()).unwrap();
 }
 
@@ -216,7 +222,15 @@ async fn short_lived_credentials_renew_across_a_control_plane_restart() {
     let (p, tenant, tasks) = setup(Some(12)).await;
     let state = p.dir.path().join("agent");
     let device = enroll_agent(&p, &tenant, &state).await;
-    fast_heartbeats(&state);
+    configure(&state, true);
+    let enrolled_key = p
+        .auth
+        .device_entry(&tenant, &device)
+        .await
+        .unwrap()
+        .unwrap()
+        .0
+        .public_key;
     let account = p.auth.tenant(&tenant).await.unwrap().account;
     let mut hb = p
         .auth
@@ -256,6 +270,19 @@ async fn short_lived_credentials_renew_across_a_control_plane_restart() {
     }
     let (rec, _) = auth2.device_entry(&tenant, &device).await.unwrap().unwrap();
     assert!(rec.renewed_at.is_some(), "the agent never renewed");
+    assert_ne!(
+        rec.public_key, enrolled_key,
+        "the agent never rotated its key"
+    );
+    // The key on disk is the one the control plane knows.
+    let seed = std::fs::read_to_string(state.join("device.nk")).unwrap();
+    drop(run);
+    let seed_now = std::fs::read_to_string(state.join("device.nk")).unwrap_or(seed);
+    let on_disk = nkeys::KeyPair::from_seed(seed_now.trim())
+        .unwrap()
+        .public_key();
+    let (rec, _) = auth2.device_entry(&tenant, &device).await.unwrap().unwrap();
+    assert_eq!(on_disk, rec.public_key.as_str());
     let log = std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
     assert!(
         !log.to_lowercase().contains("authorization violation"),
@@ -265,7 +292,6 @@ async fn short_lived_credentials_renew_across_a_control_plane_restart() {
         longest_gap < Duration::from_secs(4),
         "heartbeats stalled for {longest_gap:?}"
     );
-    drop(run);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

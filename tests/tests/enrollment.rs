@@ -30,9 +30,14 @@ fn facts(machine: &str) -> DeviceFacts {
     }
 }
 
-fn body(token: &str, key: &str, machine: &str) -> Vec<u8> {
+fn body(token: &str, key: &nkeys::KeyPair, machine: &str) -> Vec<u8> {
+    wegweiser_tests::enroll_body(token, key, &facts(machine), None)
+}
+
+/// A body whose key cannot be proven (it is not a user key at all).
+fn body_raw(token: &str, key: &str, machine: &str) -> Vec<u8> {
     serde_json::to_vec(
-        &serde_json::json!({"token": token, "public_key": key, "facts": facts(machine)}),
+        &serde_json::json!({"token": token, "public_key": key, "proof": "AAAA", "facts": facts(machine)}),
     )
     .unwrap()
 }
@@ -73,10 +78,7 @@ async fn enrollment_issues_a_working_device_identity() {
     let (p, tenant, _tasks) = setup(PlatformOptions::default()).await;
     let tok = token(&p, &tenant, 1, None).await;
     let kp = Arc::new(nkeys::KeyPair::new_user());
-    let (status, v) = p
-        .post_enroll(body(&tok, &kp.public_key(), "m-1"))
-        .await
-        .unwrap();
+    let (status, v) = p.post_enroll(body(&tok, &kp, "m-1")).await.unwrap();
     assert_eq!(status, 200, "{v}");
     let device: DeviceId = v["device_id"].as_str().unwrap().parse().unwrap();
     let account = v["account"].as_str().unwrap().to_owned();
@@ -136,7 +138,7 @@ async fn enrollment_issues_a_working_device_identity() {
     );
     // The same token cannot be used twice.
     let (status, v) = p
-        .post_enroll(body(&tok, &nkeys::KeyPair::new_user().public_key(), "m-2"))
+        .post_enroll(body(&tok, &nkeys::KeyPair::new_user(), "m-2"))
         .await
         .unwrap();
     assert_eq!(
@@ -167,7 +169,7 @@ async fn a_single_use_token_raced_by_twenty_enrollments_admits_exactly_one() {
         tasks.push(tokio::spawn(async move {
             p.post_enroll(body(
                 &tok,
-                &nkeys::KeyPair::new_user().public_key(),
+                &nkeys::KeyPair::new_user(),
                 &format!("race-{i}"),
             ))
             .await
@@ -197,7 +199,7 @@ async fn a_single_use_token_raced_by_twenty_enrollments_admits_exactly_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_keys_and_bodies_get_clear_errors_and_create_nothing() {
     let (p, tenant, _tasks) = setup(PlatformOptions::default()).await;
-    let good_key = nkeys::KeyPair::new_user().public_key();
+    let good_key = nkeys::KeyPair::new_user();
     let expired = token(&p, &tenant, 1, Some(60)).await;
     let revoked = token(&p, &tenant, 1, None).await;
     let list = p.auth.tokens(&tenant).await.unwrap();
@@ -235,13 +237,13 @@ async fn bad_tokens_keys_and_bodies_get_clear_errors_and_create_nothing() {
         ),
         (
             "account key instead of user key",
-            body(&valid, &nkeys::KeyPair::new_account().public_key(), "m"),
+            body_raw(&valid, &nkeys::KeyPair::new_account().public_key(), "m"),
             400,
             "bad_request",
         ),
         (
             "garbage key",
-            body(&valid, "UNOTAKEY", "m"),
+            body_raw(&valid, "UNOTAKEY", "m"),
             400,
             "bad_request",
         ),
@@ -317,11 +319,11 @@ async fn repeated_failures_block_an_address_until_the_block_expires() {
     .await;
     let valid = token(&p, &tenant, 1, None).await;
     for _ in 0..3 {
-        let (s, _) = p.post_enroll(body("wgt_bad", "U", "m")).await.unwrap();
+        let (s, _) = p.post_enroll(body_raw("wgt_bad", "U", "m")).await.unwrap();
         assert_ne!(s, 200);
     }
     // Blocked now, even with a valid token.
-    let key = nkeys::KeyPair::new_user().public_key();
+    let key = nkeys::KeyPair::new_user();
     let (s, v) = p.post_enroll(body(&valid, &key, "m")).await.unwrap();
     assert_eq!(
         (s, v["code"].as_str()),
@@ -362,12 +364,12 @@ async fn allow_listed_addresses_are_never_blocked_and_denied_ones_always_are() {
     })
     .await;
     for _ in 0..5 {
-        let (s, v) = p.post_enroll(body("wgt_bad", "U", "m")).await.unwrap();
+        let (s, v) = p.post_enroll(body_raw("wgt_bad", "U", "m")).await.unwrap();
         assert_ne!(v["code"], "address_blocked", "{s} {v}");
     }
     let valid = token(&p, &tenant, 1, None).await;
     let (s, _) = p
-        .post_enroll(body(&valid, &nkeys::KeyPair::new_user().public_key(), "m"))
+        .post_enroll(body(&valid, &nkeys::KeyPair::new_user(), "m"))
         .await
         .unwrap();
     assert_eq!(s, 200);
@@ -382,7 +384,7 @@ async fn allow_listed_addresses_are_never_blocked_and_denied_ones_always_are() {
     .await;
     let valid = token(&p, &tenant, 1, None).await;
     let (s, v) = p
-        .post_enroll(body(&valid, &nkeys::KeyPair::new_user().public_key(), "m"))
+        .post_enroll(body(&valid, &nkeys::KeyPair::new_user(), "m"))
         .await
         .unwrap();
     assert_eq!(
@@ -400,10 +402,7 @@ async fn enroll(
 ) -> (DeviceId, String, String, Arc<nkeys::KeyPair>) {
     let tok = token(p, tenant, 1, None).await;
     let kp = Arc::new(nkeys::KeyPair::new_user());
-    let (status, v) = p
-        .post_enroll(body(&tok, &kp.public_key(), machine))
-        .await
-        .unwrap();
+    let (status, v) = p.post_enroll(body(&tok, &kp, machine)).await.unwrap();
     assert_eq!(status, 200, "{v}");
     (
         v["device_id"].as_str().unwrap().parse().unwrap(),
@@ -435,6 +434,7 @@ async fn renew(
 async fn renewal_over_nats_moves_the_device_to_a_fresh_jwt_and_a_new_key() {
     let (p, tenant, _tasks) = setup(PlatformOptions {
         device_ttl: Some(20),
+        renew_min_interval: Some(0),
         ..Default::default()
     })
     .await;
@@ -453,12 +453,24 @@ async fn renewal_over_nats_moves_the_device_to_a_fresh_jwt_and_a_new_key() {
     assert_ne!(fresh, jwt);
     assert!(expires_at > wegweiser_shared::time::now() + 10);
     conn.jwt.set(fresh);
-    conn.client.force_reconnect().await.unwrap();
-    assert!(
+    let connects = || {
         conn.events
-            .wait_for(Duration::from_secs(5), |e| matches!(e, Event::Connected))
-            .await
-    );
+            .all()
+            .iter()
+            .filter(|e| matches!(e, Event::Connected))
+            .count()
+    };
+    let before = connects();
+    conn.client.force_reconnect().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connects() <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no reconnect: {:?}",
+            conn.events.all()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
         !conn.events.saw_authorization_error(),
         "{:?}",
@@ -533,30 +545,96 @@ async fn revoking_a_device_drops_it_at_once_and_refuses_renewal() {
         .renew(
             &account.parse().unwrap(),
             &device,
-            Some(&kp.public_key()),
+            &kp.public_key(),
             RenewRequest::default(),
         )
         .await
         .unwrap_err();
     assert_eq!(r.code(), "revoked");
-    // Coming back needs a new token (and then it is the same device, on a new key).
+    // Coming back needs a new token, and makes a new device: a revoked one stays revoked.
     let tok = token(&p, &tenant, 1, None).await;
     let kp2 = nkeys::KeyPair::new_user();
-    let (s, v) = p
-        .post_enroll(body(&tok, &kp2.public_key(), "revoke-1"))
-        .await
-        .unwrap();
+    let (s, v) = p.post_enroll(body(&tok, &kp2, "revoke-1")).await.unwrap();
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["device_id"].as_str().unwrap(), device.as_str());
-    assert_eq!(v["reenrolled"], true);
-    // The old key stays banned.
+    assert_ne!(v["device_id"].as_str().unwrap(), device.as_str());
+    assert_eq!(v["reenrolled"], false);
+    let (old, _) = p
+        .auth
+        .device_entry(&tenant, &device)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.state, DeviceState::Revoked);
+    // The old key stays banned, and the failed attempt consumed nothing.
+    let again = token(&p, &tenant, 1, None).await;
     let (s, v) = p
-        .post_enroll(body(
-            &token(&p, &tenant, 1, None).await,
-            &kp.public_key(),
-            "other-machine",
-        ))
+        .post_enroll(body(&again, &kp, "other-machine"))
         .await
         .unwrap();
     assert_eq!(s, 400, "{v}");
+    assert_eq!(list_uses(&p, &tenant, &again).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_id_alone_cannot_take_over_a_device() {
+    let (p, tenant, _tasks) = setup(PlatformOptions::default()).await;
+    let (device, _, jwt, k1) = enroll(&p, &tenant, "shared-id").await;
+    let victim = p
+        .connect_user(jwt, k1.clone(), device.as_str())
+        .await
+        .unwrap();
+    // Someone else claims the same machine id: a new device, the victim untouched.
+    let intruder = nkeys::KeyPair::new_user();
+    let (s, v) = p
+        .post_enroll(body(
+            &token(&p, &tenant, 1, None).await,
+            &intruder,
+            "shared-id",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{v}");
+    assert_ne!(v["device_id"].as_str().unwrap(), device.as_str());
+    assert_eq!(v["reenrolled"], false);
+    let (rec, _) = p
+        .auth
+        .device_entry(&tenant, &device)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.public_key.as_str(), k1.public_key());
+    // A proof made with another key than the one sent is refused.
+    let tok = token(&p, &tenant, 1, None).await;
+    let mut forged: serde_json::Value =
+        serde_json::from_slice(&body(&tok, &nkeys::KeyPair::new_user(), "m")).unwrap();
+    forged["public_key"] = k1.public_key().into();
+    let (s, v) = p
+        .post_enroll(serde_json::to_vec(&forged).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((s, v["code"].as_str()), (400, Some("bad_request")), "{v}");
+    assert!(
+        !victim
+            .events
+            .all()
+            .iter()
+            .any(|e| matches!(e, async_nats::Event::Disconnected))
+    );
+    // The device itself re-enrolls with a proof of its current key: same device, new key, and
+    // the old key stops working at once.
+    let k2 = nkeys::KeyPair::new_user();
+    let body = wegweiser_tests::enroll_body(&tok, &k2, &facts("shared-id"), Some(&k1));
+    let (s, v) = p.post_enroll(body).await.unwrap();
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["device_id"].as_str().unwrap(), device.as_str());
+    assert_eq!(v["reenrolled"], true);
+    assert!(
+        victim
+            .events
+            .wait_for(Duration::from_secs(2), |e| matches!(
+                e,
+                async_nats::Event::Disconnected
+            ))
+            .await
+    );
 }
