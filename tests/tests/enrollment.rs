@@ -492,7 +492,12 @@ async fn renewal_over_nats_moves_the_device_to_a_fresh_jwt_and_a_new_key() {
     let bad = RenewRequest {
         new_key: Some(wegweiser_shared::enroll::NewKey {
             public_key: new_key.clone(),
-            proof: proof.replace('A', "B"),
+            // The first character changed: the signature's first byte no longer matches.
+            proof: format!(
+                "{}{}",
+                if proof.starts_with('A') { 'B' } else { 'A' },
+                &proof[1..]
+            ),
         }),
     };
     assert!(matches!(
