@@ -718,8 +718,8 @@ impl Authority {
     /// order would leave the older JWT in force. Every updater therefore pushes the newest
     /// record it can read and checks again afterwards; the last one to finish leaves the newest.
     pub async fn sync_tenant(&self, id: &TenantId) -> Result<(), AuthorityError> {
-        let mut last = None;
-        for _ in 0..8 {
+        let mut last = Ok(());
+        for attempt in 0..10u64 {
             let current = self.tenant(id).await?;
             if current.state != TenantState::Active {
                 return Err(AuthorityError::NotActive(id.clone(), current.state));
@@ -727,12 +727,15 @@ impl Authority {
             self.push(&current.jwt).await?;
             let verified = self.verify_applied(&current).await;
             let after = self.tenant(id).await?;
-            if after.jwt == current.jwt {
-                return verified;
+            if after.jwt == current.jwt && verified.is_ok() {
+                return Ok(());
             }
-            last = Some(verified);
+            // Either the record moved on, or another updater's older push landed after ours:
+            // push the newest again.
+            last = verified;
+            tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
         }
-        last.unwrap_or(Ok(()))
+        last
     }
 
     /// Pushes an account JWT to the resolver.
