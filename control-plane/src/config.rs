@@ -118,6 +118,23 @@ pub struct HttpConfig {
     pub tls_key: PathBuf,
     /// The URL agents and technicians use to reach this server.
     pub public_url: String,
+    /// Addresses allowed to read `/metrics` (default: loopback only).
+    #[serde(default = "loopback")]
+    pub metrics_allow: Vec<ipnet::IpNet>,
+}
+
+impl HttpConfig {
+    /// Loopback only.
+    pub fn default_metrics_allow() -> Vec<ipnet::IpNet> {
+        loopback()
+    }
+}
+
+fn loopback() -> Vec<ipnet::IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }
 
 /// `[enrollment]`.

@@ -96,8 +96,24 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .layer(DefaultBodyLimit::max(MAX_ENROLL_BODY))
+        .layer(axum::middleware::from_fn(request_timeout))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// How long one request may take, body included (a client trickling its body is cut off).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "the request took too long; try again",
+        )
+        .into_response(),
+    }
 }
 
 async fn security_headers(mut r: Response) -> Response {
@@ -134,7 +150,21 @@ async fn health(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+async fn metrics(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+) -> Response {
+    let ip = addr.ip().to_canonical();
+    let allowed = s
+        .auth
+        .config()
+        .http
+        .as_ref()
+        .is_some_and(|h| h.metrics_allow.iter().any(|n| n.contains(&ip)));
+    if !allowed {
+        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+            .into_response();
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.auth.metrics().render(),
@@ -268,8 +298,14 @@ pub async fn serve(
         h.graceful_shutdown(Some(Duration::from_secs(5)));
     });
     tracing::info!(listen = %cfg.listen, "HTTPS server listening.");
-    axum_server::bind_rustls(cfg.listen, tls)
-        .handle(handle)
+    let mut server = axum_server::bind_rustls(cfg.listen, tls).handle(handle);
+    // Slow clients: headers must arrive within 10 s (the TLS handshake has its own 10 s limit,
+    // the whole request 15 s).
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(Some(Duration::from_secs(10)));
+    server
         .serve(router(state).into_make_service_with_connect_info::<SocketAddr>())
         .await?;
     Ok(())

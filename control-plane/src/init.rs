@@ -278,6 +278,7 @@ pub fn run(opts: &InitOptions) -> Result<InitReport, InitError> {
                 tls_cert: absolute(&tls.cert),
                 tls_key: absolute(&tls.key),
                 public_url: format!("https://{public_host}:{port}"),
+                metrics_allow: crate::config::HttpConfig::default_metrics_allow(),
             });
         }
         let text = format!(

@@ -643,3 +643,44 @@ async fn a_machine_id_alone_cannot_take_over_a_device() {
             .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_body_is_cut_off() {
+    let (p, _tenant, _tasks) = setup(PlatformOptions::default()).await;
+    let port = p.auth.config().http.as_ref().unwrap().listen.port();
+    let ca = p.ca.clone();
+    let started = Instant::now();
+    let reply = tokio::task::spawn_blocking(move || {
+        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+        use std::io::{Read, Write};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let conn = rustls::ClientConnection::new(
+            std::sync::Arc::new(cfg),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        // Promise a body and never send it.
+        tls.write_all(
+            b"POST /v1/enroll HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+        )
+        .unwrap();
+        tls.flush().unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tls.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(started.elapsed() < Duration::from_secs(25));
+}
