@@ -9,6 +9,7 @@
 //!   verification up to a trusted operator.
 //! - [`enroll`]: enrollment and renewal messages.
 //! - [`creds`]: the armoured `.creds` file layout that nsc writes and NATS clients load.
+//! - [`telemetry`]: device reports (heartbeat, inventory, metrics, events), version 1.
 //! - [`secret`]: secret strings that never print and are wiped on drop.
 //!
 //! ```
@@ -32,4 +33,5 @@ pub mod ids;
 pub mod jwt;
 pub mod secret;
 pub mod subject;
+pub mod telemetry;
 pub mod time;
