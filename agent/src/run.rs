@@ -4,7 +4,7 @@
 //!   with the *current* key and presents the *current* JWT, read from shared state on every
 //!   (re)connect, so renewed credentials apply on the next reconnect; replies arrive under
 //!   `_INBOX.<device>`; reconnects back off with full jitter (250 ms … 30 s), forever.
-//! - **Heartbeats** on `wg.<account>.up.<device>.hb` at every connect and every
+//! - **Heartbeats** on `wg.<account>.up.<device>.tel.hb` at every connect and every
 //!   `heartbeat_secs`.
 //! - **Renewal** at about half of the remaining lifetime (±10 %), by request on
 //!   `wg.<account>.up.<device>.renew`, optionally moving to a new key; the new credentials are
@@ -44,7 +44,6 @@ use crate::{
 };
 use async_nats::{AuthError, Client, ConnectOptions, Event, connection::State as ConnState};
 use rand::SeedableRng;
-use serde::Serialize;
 use std::{
     future::Future,
     sync::{
@@ -62,8 +61,8 @@ use wegweiser_shared::{
     time::now,
 };
 
-/// Subject token of heartbeats.
-pub const HEARTBEAT_TOKEN: &str = "hb";
+/// Subject tokens of heartbeats: `wg.<account>.up.<device>.tel.hb`.
+pub const HEARTBEAT_TOKENS: [&str; 2] = [wegweiser_shared::telemetry::TELEMETRY_TOKEN, "hb"];
 /// How long a renewal request may take.
 pub const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for the connection to drain.
@@ -145,18 +144,8 @@ pub enum RenewError {
     Key(String),
 }
 
-/// A heartbeat (minimal for now; a later issue defines the real schema).
-#[derive(Debug, Clone, Serialize)]
-pub struct Heartbeat<'a> {
-    /// Counts from 1 in each process.
-    pub seq: u64,
-    /// Unix seconds.
-    pub ts: i64,
-    /// The agent's version.
-    pub agent_version: &'a str,
-    /// When the current JWT expires.
-    pub jwt_expires_at: Option<i64>,
-}
+/// The heartbeat report (`shared::telemetry::Heartbeat`, version 1).
+pub use wegweiser_shared::telemetry::Heartbeat;
 
 /// What the connection callbacks and the tasks share.
 #[derive(Debug)]
@@ -427,7 +416,7 @@ async fn heartbeat_loop(client: Client, config: AgentConfig, shared: Arc<Shared>
     let subject = subject::up(
         &config.account,
         &config.device_id,
-        &[Token::from_static(HEARTBEAT_TOKEN)],
+        &HEARTBEAT_TOKENS.map(Token::from_static),
     );
     let every = Duration::from_secs(config.heartbeat_secs.max(1));
     let mut tick = tokio::time::interval(every);
@@ -448,10 +437,14 @@ async fn heartbeat_loop(client: Client, config: AgentConfig, shared: Arc<Shared>
         seq += 1;
         let ts = now();
         let heartbeat = Heartbeat {
+            v: wegweiser_shared::telemetry::VERSION,
             seq,
             ts,
-            agent_version: env!("CARGO_PKG_VERSION"),
-            jwt_expires_at: shared.current().expires_at(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            jwt_expires_at: shared.current().expires_at().unwrap_or_default(),
+            // The offline spool is not wired into delivery yet.
+            spool_depth: 0,
+            keyset_version: None,
         };
         let payload = match serde_json::to_vec(&heartbeat) {
             Ok(p) => p,
@@ -827,15 +820,18 @@ mod tests {
     #[test]
     fn heartbeat_has_the_agreed_fields() {
         let hb = Heartbeat {
+            v: 1,
             seq: 3,
             ts: 1700,
-            agent_version: "0.1.0",
-            jwt_expires_at: Some(1800),
+            agent_version: "0.1.0".into(),
+            jwt_expires_at: 1800,
+            spool_depth: 0,
+            keyset_version: None,
         };
         let v = serde_json::to_value(&hb).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"seq":3,"ts":1700,"agent_version":"0.1.0","jwt_expires_at":1800})
+            serde_json::json!({"v":1,"seq":3,"ts":1700,"agent_version":"0.1.0","jwt_expires_at":1800,"spool_depth":0})
         );
     }
 

@@ -193,7 +193,7 @@ async fn an_enrolled_agent_reports_and_keeps_its_identity_across_restarts() {
     let mut hb = p
         .auth
         .cp_client()
-        .subscribe(format!("wg.{account}.up.{device}.hb"))
+        .subscribe(format!("wg.{account}.up.{device}.tel.hb"))
         .await
         .unwrap();
     p.auth.cp_client().flush().await.unwrap();
@@ -235,7 +235,7 @@ async fn short_lived_credentials_renew_across_a_control_plane_restart() {
     let mut hb = p
         .auth
         .cp_client()
-        .subscribe(format!("wg.{account}.up.{device}.hb"))
+        .subscribe(format!("wg.{account}.up.{device}.tel.hb"))
         .await
         .unwrap();
     p.auth.cp_client().flush().await.unwrap();
@@ -304,7 +304,7 @@ async fn a_revoked_agent_is_dropped_and_stops_asking_for_a_new_token() {
     let mut hb = p
         .auth
         .cp_client()
-        .subscribe(format!("wg.{account}.up.{device}.hb"))
+        .subscribe(format!("wg.{account}.up.{device}.tel.hb"))
         .await
         .unwrap();
     p.auth.cp_client().flush().await.unwrap();
