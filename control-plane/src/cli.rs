@@ -669,17 +669,34 @@ async fn device(data_dir: &Path, cmd: DeviceCommand, json: bool) -> anyhow::Resu
     let auth = Authority::open(data_dir).await?;
     match cmd {
         DeviceCommand::List { tenant } => {
-            let list = auth.devices(&tenant).await?;
-            print(json, &list, || {
+            let now = wegweiser_shared::time::now();
+            let mut rows = Vec::new();
+            for d in auth.devices(&tenant).await? {
+                let hb = auth
+                    .latest(&tenant, &d.id, wegweiser_shared::telemetry::Kind::Heartbeat)
+                    .await?;
+                let last_seen = hb.map(|h| h.received_at);
+                let online = d.state == crate::enrollment::DeviceState::Active
+                    && last_seen.is_some_and(|t| now - t <= ONLINE_WITHIN_SECS);
+                rows.push((d, last_seen, online));
+            }
+            let json_rows: Vec<_> = rows
+                .iter()
+                .map(|(d, seen, online)| serde_json::json!({"device": d, "last_seen": seen, "online": online}))
+                .collect();
+            print(json, &json_rows, || {
                 let mut s = format!(
-                    "{:<28} {:<8} {:<24} {:<8} ENROLLED-BY",
-                    "DEVICE", "STATE", "HOSTNAME", "OS"
+                    "{:<28} {:<8} {:<8} {:<10} {:<24} {:<8} ENROLLED-BY",
+                    "DEVICE", "STATE", "ONLINE", "LAST-SEEN", "HOSTNAME", "OS"
                 );
-                for d in &list {
+                for (d, seen, online) in &rows {
                     s.push_str(&format!(
-                        "\n{:<28} {:<8} {:<24} {:<8} {}",
+                        "\n{:<28} {:<8} {:<8} {:<10} {:<24} {:<8} {}",
                         d.id.as_str(),
                         format!("{:?}", d.state).to_lowercase(),
+                        if *online { "online" } else { "offline" },
+                        seen.map(|t| format!("{}s ago", now - t))
+                            .unwrap_or_else(|| "never".into()),
                         d.facts.hostname,
                         d.facts.os,
                         d.enrolled_by
@@ -694,8 +711,14 @@ async fn device(data_dir: &Path, cmd: DeviceCommand, json: bool) -> anyhow::Resu
                     "no device {device} in tenant {tenant}; `wegweiser device list --tenant {tenant}` shows them"
                 );
             };
-            print(json, &d, || {
-                serde_json::to_string_pretty(&d).unwrap_or_default()
+            use wegweiser_shared::telemetry::Kind;
+            let hb = auth.latest(&tenant, &device, Kind::Heartbeat).await?;
+            let inv = auth.latest(&tenant, &device, Kind::Inventory).await?;
+            let met = auth.latest(&tenant, &device, Kind::Metrics).await?;
+            let v =
+                serde_json::json!({"device": d, "heartbeat": hb, "inventory": inv, "metrics": met});
+            print(json, &v, || {
+                serde_json::to_string_pretty(&v).unwrap_or_default()
             });
         }
         DeviceCommand::Revoke { tenant, device } => {
@@ -804,6 +827,9 @@ pub async fn reconcile(auth: &Authority) -> anyhow::Result<usize> {
     Ok(repaired)
 }
 
+/// A device whose last heartbeat is younger than this counts as online (three default intervals).
+pub const ONLINE_WITHIN_SECS: i64 = 90;
+
 /// A tenant still `creating` after this long was interrupted (a crash) and is removed.
 pub const ABANDONED_AFTER_SECS: i64 = 300;
 
@@ -843,6 +869,12 @@ pub async fn start_service(auth: &Authority) -> anyhow::Result<ServiceTasks> {
     tasks.push(tokio::spawn(async move {
         if let Err(e) = crate::service::run_renewals(a).await {
             tracing::error!(error = %e, "The renewal responder stopped.");
+        }
+    }));
+    let a = auth.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = crate::ingest::run(a).await {
+            tracing::error!(error = %e, "The telemetry ingest stopped.");
         }
     }));
     if let Some(http) = auth.config().http.clone() {

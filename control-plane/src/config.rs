@@ -91,6 +91,9 @@ pub struct Config {
     /// Limits of new tenants.
     #[serde(default)]
     pub tenant_defaults: TenantLimits,
+    /// How long device reports are kept in the telemetry history, days.
+    #[serde(default = "default_retention_days")]
+    pub telemetry_retention_days: u64,
     /// Shortest time between two renewals of one device, seconds (capped at a quarter of the
     /// device JWT lifetime).
     #[serde(default = "default_renew_min_interval")]
@@ -180,6 +183,9 @@ fn default_device_ttl() -> i64 {
 fn default_technician_ttl() -> i64 {
     8 * 3600
 }
+fn default_retention_days() -> u64 {
+    30
+}
 fn default_renew_min_interval() -> i64 {
     30
 }
@@ -233,6 +239,7 @@ impl Config {
             kv_replicas: 1,
             tenant_defaults: TenantLimits::default(),
             renew_min_interval_secs: default_renew_min_interval(),
+            telemetry_retention_days: default_retention_days(),
             device_nats_urls: Vec::new(),
             http: None,
             enrollment: EnrollmentConfig::default(),
@@ -321,6 +328,9 @@ impl Config {
                 "kv_replicas must be 1 to 5, not {}",
                 self.kv_replicas
             ));
+        }
+        if !(1..=3650).contains(&self.telemetry_retention_days) {
+            p.push("telemetry_retention_days must be 1 to 3650".to_owned());
         }
         if self.renew_min_interval_secs < 0 {
             p.push("renew_min_interval_secs must not be negative".to_owned());

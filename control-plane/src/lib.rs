@@ -17,6 +17,7 @@ pub mod config;
 pub mod enrollment;
 pub mod http;
 pub mod identity;
+pub mod ingest;
 pub mod init;
 pub mod keystore;
 pub mod metrics;

@@ -202,6 +202,23 @@ async fn an_enrolled_agent_reports_and_keeps_its_identity_across_restarts() {
         .await
         .expect("no heartbeat from the agent");
     assert!(first["seq"].as_u64().is_some(), "{first}");
+    assert_eq!(first["v"], 1, "{first}");
+    // The control plane stored it and keeps it as the device's latest heartbeat.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p
+        .auth
+        .latest(
+            &tenant,
+            &device,
+            wegweiser_shared::telemetry::Kind::Heartbeat,
+        )
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "no latest heartbeat indexed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // `status` shows the enrollment and the live connection.
     let out = agent(&state).args(["--json", "status"]).output().unwrap();
     let status = String::from_utf8_lossy(&out.stdout).to_string();

@@ -190,15 +190,7 @@ async fn signing_key_rotation_loses_nothing_and_raises_no_authorization_error() 
     let t = tenant(&p, "rotating").await;
     // The control plane stores telemetry and acknowledges it (through the tenant's import).
     let js = async_nats::jetstream::new(p.auth.cp_client().clone());
-    let mut stream = js
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: "TEL".into(),
-            subjects: vec!["wg.*.up.*.tel.>".into()],
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (mut stream, _) = wegweiser_cp::ingest::open(&js, 1, 1).await.unwrap();
     let old_device_key = t.signing_keys[0].key.clone();
     let mut devices = Vec::new();
     for i in 0..3 {
