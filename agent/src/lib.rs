@@ -42,6 +42,7 @@ pub mod paths;
 pub mod platform;
 pub mod run;
 pub mod schedule;
+pub mod spool;
 pub mod status;
 pub mod store;
 
