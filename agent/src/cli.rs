@@ -129,7 +129,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             RunError::ReenrollRequired { .. } => EXIT_REENROLL,
             RunError::Store(s) => store_exit_code(s),
             RunError::Connect(_) => EXIT_USAGE,
-            RunError::AlreadyRunning { .. } | RunError::Lock { .. } => 1,
+            RunError::AlreadyRunning { .. } | RunError::Lock { .. } | RunError::Spool(_) => 1,
         };
     }
     if e.downcast_ref::<crate::paths::PathsError>().is_some() {

@@ -74,10 +74,27 @@ pub struct AgentConfig {
     /// Whether each renewal also moves the device to a new key.
     #[serde(default)]
     pub rotate_key_on_renew: bool,
+    /// Seconds between metrics reports (default 60).
+    #[serde(default = "default_metrics_secs")]
+    pub metrics_secs: u64,
+    /// Seconds between checks whether the inventory changed (default 3600; it is also sent at
+    /// start and every 24 h).
+    #[serde(default = "default_inventory_check_secs")]
+    pub inventory_check_secs: u64,
 }
 
 fn default_heartbeat_secs() -> u64 {
     DEFAULT_HEARTBEAT_SECS
+}
+
+/// Default of `metrics_secs`.
+pub fn default_metrics_secs() -> u64 {
+    60
+}
+
+/// Default of `inventory_check_secs`.
+pub fn default_inventory_check_secs() -> u64 {
+    3600
 }
 
 impl AgentConfig {
@@ -86,6 +103,12 @@ impl AgentConfig {
         let mut p = Vec::new();
         if !self.control_plane_url.starts_with("https://") {
             p.push("control_plane_url must start with https://".to_owned());
+        }
+        if !(1..=86_400).contains(&self.metrics_secs) {
+            p.push("metrics_secs must be between 1 and 86400".to_owned());
+        }
+        if !(1..=86_400).contains(&self.inventory_check_secs) {
+            p.push("inventory_check_secs must be between 1 and 86400".to_owned());
         }
         if self.nats_urls.is_empty() {
             p.push("nats_urls is empty; enroll again or add the NATS server URLs".to_owned());
@@ -171,6 +194,8 @@ mod tests {
             nats_urls: vec!["tls://127.0.0.1:4222".into()],
             heartbeat_secs: 30,
             rotate_key_on_renew: false,
+            metrics_secs: 60,
+            inventory_check_secs: 3600,
         }
     }
 

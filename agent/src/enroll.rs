@@ -318,6 +318,14 @@ pub fn save_enrollment(
             .as_ref()
             .map_or(DEFAULT_HEARTBEAT_SECS, |p| p.heartbeat_secs),
         rotate_key_on_renew: previous.as_ref().is_some_and(|p| p.rotate_key_on_renew),
+        metrics_secs: previous
+            .as_ref()
+            .map_or_else(crate::config::default_metrics_secs, |p| p.metrics_secs),
+        inventory_check_secs: previous
+            .as_ref()
+            .map_or_else(crate::config::default_inventory_check_secs, |p| {
+                p.inventory_check_secs
+            }),
     };
     let problems = config.problems();
     if !problems.is_empty() {

@@ -5,6 +5,7 @@
 //!   and its seed never leaves the device.
 //! - [`run`]: the service loop (NATS over TLS, heartbeats, renewal, key rotation, shutdown).
 //! - [`status`]: `status.json` and the `status` report.
+//! - [`report`]: reports through the offline [`spool`], delivered with JetStream acknowledgements.
 //! - [`paths`], [`config`], [`store`]: where files live, `agent.toml`, seed and JWT on disk.
 //! - [`facts`]: what the device says about itself; [`schedule`]: backoff and renewal times.
 //! - [`platform`]: everything OS-specific (permissions, atomic writes, process checks).
@@ -35,11 +36,13 @@
 extern crate async_nats_lean as async_nats;
 
 pub mod cli;
+pub mod collect;
 pub mod config;
 pub mod enroll;
 pub mod facts;
 pub mod paths;
 pub mod platform;
+pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod spool;

@@ -32,6 +32,8 @@ pub const CA_FILE: &str = "nats-ca.pem";
 pub const STATUS_FILE: &str = "status.json";
 /// Held (locked) by the running agent, so two cannot run on the same identity.
 pub const LOCK_FILE: &str = "run.lock";
+/// The offline spool's directory, in the state directory.
+pub const SPOOL_DIR: &str = "spool";
 
 /// Why no location could be chosen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -176,6 +178,11 @@ impl Paths {
     pub fn lock_file(&self) -> PathBuf {
         self.state_dir.join(LOCK_FILE)
     }
+
+    /// The offline spool of reports not yet acknowledged (a directory).
+    pub fn spool_dir(&self) -> PathBuf {
+        self.state_dir.join(SPOOL_DIR)
+    }
 }
 
 #[cfg(test)]
@@ -206,6 +213,7 @@ mod tests {
         assert_eq!(p.jwt_file(), Path::new("/srv/agent/device.jwt"));
         assert_eq!(p.ca_file(), Path::new("/srv/agent/nats-ca.pem"));
         assert_eq!(p.status_file(), Path::new("/srv/agent/status.json"));
+        assert_eq!(p.spool_dir(), Path::new("/srv/agent/spool"));
     }
 
     #[test]

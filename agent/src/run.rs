@@ -4,8 +4,12 @@
 //!   with the *current* key and presents the *current* JWT, read from shared state on every
 //!   (re)connect, so renewed credentials apply on the next reconnect; replies arrive under
 //!   `_INBOX.<device>`; reconnects back off with full jitter (250 ms … 30 s), forever.
+//! - **Reports** go through [`Reporter`] (offline spool in `<state dir>/spool`, delivered in
+//!   order and removed once JetStream acknowledges them): an `agent_start` event at start,
+//!   `spool_corrupt` / `spool_overflow` events when the spool loses records, `agent_stop` on
+//!   shutdown.
 //! - **Heartbeats** on `wg.<account>.up.<device>.tel.hb` at every connect and every
-//!   `heartbeat_secs`.
+//!   `heartbeat_secs` while connected, with the spool's depth.
 //! - **Renewal** at about half of the remaining lifetime (±10 %), by request on
 //!   `wg.<account>.up.<device>.renew`, optionally moving to a new key; the new credentials are
 //!   stored, swapped in, and a reconnect makes the server see them. Transport failures are
@@ -20,7 +24,8 @@
 //!   drops the connection ("User Authentication Revoked") and the device can no longer reach the
 //!   renewal responder. When the server reports the key the connection presented as revoked,
 //!   the agent stops the same way (code `revoked`, exit code 78) instead of retrying forever.
-//! - **Shutdown** when the given future completes: flush, drain, write `stopped`.
+//! - **Shutdown** when the given future completes: spool `agent_stop`, give delivery up to
+//!   [`DRAIN_GRACE`] to empty the spool, flush, drain, write `stopped`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wegweiser_agent::run::RunError> {
@@ -38,6 +43,7 @@
 use crate::{
     config::AgentConfig,
     paths::Paths,
+    report::{ReportError, Reporter},
     schedule,
     status::{State, StatusFile},
     store::{self, Credentials, StoreError},
@@ -58,6 +64,7 @@ use wegweiser_shared::{
     ids::{DeviceId, UserKey},
     secret::SecretString,
     subject::{self, Token},
+    telemetry::EventKind,
     time::now,
 };
 
@@ -65,7 +72,7 @@ use wegweiser_shared::{
 pub const HEARTBEAT_TOKENS: [&str; 2] = [wegweiser_shared::telemetry::TELEMETRY_TOKEN, "hb"];
 /// How long a renewal request may take.
 pub const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for the connection to drain.
+/// How long shutdown gives delivery to empty the spool, and the connection to drain.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Renewal refusals after which the device can only enroll again (`stale_key`: the control
 /// plane holds another key for this device, so it never renews this one again).
@@ -103,6 +110,9 @@ pub enum RunError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The offline spool could not be opened.
+    #[error("cannot open the report spool: {0}")]
+    Spool(#[source] ReportError),
     /// The NATS client could not be set up (bad server URL).
     #[error("cannot start the NATS client: {0}")]
     Connect(String),
@@ -161,6 +171,8 @@ struct Shared {
     stopped: AtomicBool,
     /// Signalled on every connect (heartbeat at connect).
     connected: Notify,
+    /// Wakes report delivery on every connect ([`Reporter::waker`]).
+    delivery: Arc<Notify>,
     /// Signalled when the connection is closed (end of drain).
     closed: Notify,
     /// Signalled when the server revoked the key the connection presented.
@@ -231,12 +243,34 @@ pub async fn run(paths: &Paths, shutdown: impl Future<Output = ()>) -> Result<()
     );
     warn_if_expired(&credentials, &status);
 
+    let reporter = match Reporter::open(
+        &paths.spool_dir(),
+        config.account.clone(),
+        config.device_id.clone(),
+        status.clone(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot open the report spool.");
+            status.set_state(State::Stopped, Some(e.to_string()));
+            return Err(RunError::Spool(e));
+        }
+    };
+    let _ = reporter
+        .event(EventKind::AgentStart {
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+        .await;
+
     let shared = Arc::new(Shared {
         credentials: RwLock::new(credentials),
         presented: Mutex::new(None),
         expect_reconnect: AtomicBool::new(false),
         stopped: AtomicBool::new(false),
         connected: Notify::new(),
+        delivery: reporter.waker(),
         closed: Notify::new(),
         revoked: Notify::new(),
         status: status.clone(),
@@ -251,10 +285,20 @@ pub async fn run(paths: &Paths, shutdown: impl Future<Output = ()>) -> Result<()
         }
     };
 
+    let delivery = tokio::spawn({
+        let (reporter, client) = (reporter.clone(), client.clone());
+        async move { reporter.deliver(client).await }
+    });
     let heartbeats = tokio::spawn(heartbeat_loop(
         client.clone(),
-        config.clone(),
+        reporter.clone(),
         shared.clone(),
+        config.heartbeat_secs,
+    ));
+    let collectors = tokio::spawn(collect_loop(
+        reporter.clone(),
+        Duration::from_secs(config.metrics_secs),
+        Duration::from_secs(config.inventory_check_secs),
     ));
     let result = tokio::select! {
         () = shutdown => {
@@ -274,6 +318,24 @@ pub async fn run(paths: &Paths, shutdown: impl Future<Output = ()>) -> Result<()
         }
     };
     heartbeats.abort();
+    collectors.abort();
+    if result.is_ok() {
+        let _ = reporter
+            .event(EventKind::AgentStop {
+                reason: "signal".to_owned(),
+            })
+            .await;
+        if client.connection_state() == ConnState::Connected
+            && !reporter.wait_empty(DRAIN_GRACE).await
+        {
+            tracing::warn!(
+                waiting = reporter.depth(),
+                "Reports still waiting; they are sent on the next start."
+            );
+        }
+    }
+    delivery.abort();
+    let _ = delivery.await;
 
     let was_connected = client.connection_state() == ConnState::Connected;
     if was_connected {
@@ -358,6 +420,7 @@ fn on_event(event: Event, shared: &Shared) {
             tracing::info!(device = %device, "Connected.");
             status.set_state(State::Connected, None);
             shared.connected.notify_one();
+            shared.delivery.notify_one();
         }
         Event::Disconnected => {
             if shared.expect_reconnect.swap(false, Ordering::SeqCst) {
@@ -412,17 +475,16 @@ fn on_event(event: Event, shared: &Shared) {
     }
 }
 
-async fn heartbeat_loop(client: Client, config: AgentConfig, shared: Arc<Shared>) {
-    let subject = subject::up(
-        &config.account,
-        &config.device_id,
-        &HEARTBEAT_TOKENS.map(Token::from_static),
-    );
-    let every = Duration::from_secs(config.heartbeat_secs.max(1));
+async fn heartbeat_loop(
+    client: Client,
+    reporter: Arc<Reporter>,
+    shared: Arc<Shared>,
+    heartbeat_secs: u64,
+) {
+    let every = Duration::from_secs(heartbeat_secs.max(1));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut seq = 0u64;
     loop {
         let on_connect = tokio::select! {
             () = shared.connected.notified() => true,
@@ -431,37 +493,18 @@ async fn heartbeat_loop(client: Client, config: AgentConfig, shared: Arc<Shared>
         if on_connect {
             tick.reset();
         } else if client.connection_state() != ConnState::Connected {
-            // Heartbeats queued while offline would arrive late and stale.
+            // Heartbeats spooled while offline would arrive late and stale.
             continue;
         }
-        seq += 1;
-        let ts = now();
-        let heartbeat = Heartbeat {
-            v: wegweiser_shared::telemetry::VERSION,
-            seq,
-            ts,
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            jwt_expires_at: shared.current().expires_at().unwrap_or_default(),
-            // The offline spool is not wired into delivery yet.
-            spool_depth: 0,
-            keyset_version: None,
-        };
-        let payload = match serde_json::to_vec(&heartbeat) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot encode a heartbeat.");
-                continue;
-            }
-        };
-        if let Err(e) = client.publish(subject.clone(), payload.into()).await {
-            tracing::warn!(error = %e, "Cannot send a heartbeat.");
-            continue;
+        let jwt_expires_at = shared.current().expires_at().unwrap_or_default();
+        // Refusals are logged by the reporter.
+        if let Ok(seq) = reporter.heartbeat(jwt_expires_at).await {
+            tracing::debug!(seq, "Heartbeat spooled.");
+            shared.status.update(|s| {
+                s.last_heartbeat = Some(now());
+                s.heartbeats_sent += 1;
+            });
         }
-        tracing::debug!(seq, "Heartbeat sent.");
-        shared.status.update(|s| {
-            s.last_heartbeat = Some(ts);
-            s.heartbeats_sent += 1;
-        });
     }
 }
 
@@ -883,5 +926,92 @@ mod tests {
             matches!(e, RunError::Store(StoreError::NotEnrolled { .. })),
             "{e}"
         );
+    }
+}
+
+/// How often the inventory is sent even when it did not change.
+pub const INVENTORY_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// Sends the inventory at start, when it changes (checked every `check`) and every 24 h, and
+/// metrics every `metrics_every`. Collection runs on the blocking pool; failures become
+/// `collection_error` events.
+async fn collect_loop(
+    reporter: Arc<crate::report::Reporter>,
+    metrics_every: Duration,
+    check: Duration,
+) {
+    use crate::collect::{Collector, inventory_fingerprint};
+    let collector = Arc::new(std::sync::Mutex::new(Collector::new()));
+    let mut metrics_tick = tokio::time::interval(metrics_every);
+    metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check_tick = tokio::time::interval(check.min(INVENTORY_EVERY));
+    check_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_fingerprint = None;
+    let mut last_sent = tokio::time::Instant::now();
+    loop {
+        let inventory_due = tokio::select! {
+            _ = check_tick.tick() => true,
+            _ = metrics_tick.tick() => false,
+        };
+        let c = collector.clone();
+        let collected = tokio::task::spawn_blocking(move || {
+            let Ok(mut c) = c.lock() else {
+                return None;
+            };
+            let ts = now();
+            Some(if inventory_due {
+                let (inv, errors) = c.inventory(0, ts, env!("CARGO_PKG_VERSION"));
+                (Some(inv), None, errors)
+            } else {
+                let m = c.metrics(0, ts);
+                (None, Some(m), c.take_errors())
+            })
+        })
+        .await;
+        let Ok(Some((inventory, metrics, errors))) = collected else {
+            continue;
+        };
+        for e in errors {
+            let _ = reporter.event(e.to_event()).await;
+        }
+        if let Some(m) = metrics
+            && let Err(e) = reporter.metrics(m).await
+        {
+            tracing::warn!(error = %e, "Metrics not queued.");
+        }
+        if let Some(mut inv) = inventory {
+            let fingerprint = inventory_fingerprint(&inv);
+            let stale = last_sent.elapsed() >= INVENTORY_EVERY;
+            if last_fingerprint == Some(fingerprint) && !stale {
+                continue;
+            }
+            // An inventory too large for one report sheds software entries (the rest still
+            // matters more than a complete package list).
+            loop {
+                match reporter.inventory(inv.clone()).await {
+                    Ok(_) => break,
+                    Err(crate::report::ReportError::TooLarge { .. })
+                        if !inv.software.is_empty() =>
+                    {
+                        let keep = inv.software.len() / 2;
+                        inv.software.truncate(keep);
+                        let _ = reporter
+                            .event(wegweiser_shared::telemetry::EventKind::CollectionError {
+                                collector: "software".to_owned(),
+                                message: format!(
+                                    "inventory too large; software list cut to {keep} entries"
+                                ),
+                            })
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Inventory not queued.");
+                        break;
+                    }
+                }
+            }
+            last_fingerprint = Some(fingerprint);
+            last_sent = tokio::time::Instant::now();
+        }
     }
 }

@@ -487,6 +487,12 @@ impl Spool {
         std::mem::take(&mut self.dropped)
     }
 
+    /// The sequence number the next [`Spool::push`] will return (so a report can carry its own
+    /// sequence number in its payload).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Unacknowledged records in the spool.
     pub fn len(&self) -> u64 {
         self.total_records.saturating_sub(self.head_skipped)

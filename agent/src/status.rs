@@ -71,6 +71,9 @@ pub struct Status {
     /// Heartbeats sent by this process.
     #[serde(default)]
     pub heartbeats_sent: u64,
+    /// Reports waiting in the offline spool (not yet acknowledged).
+    #[serde(default)]
+    pub spool_depth: u64,
 }
 
 /// Reads `status.json`; `None` when it does not exist or cannot be parsed.
@@ -104,6 +107,7 @@ impl StatusFile {
                 last_renewal: None,
                 last_heartbeat: None,
                 heartbeats_sent: 0,
+                spool_depth: 0,
             })),
         };
         file.update(|_| {});
@@ -197,6 +201,9 @@ pub struct Report {
     /// Its last heartbeat.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<i64>,
+    /// Reports waiting in the offline spool, from `status.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool_depth: Option<u64>,
     /// Problems reading the enrollment (bad config, unreadable JWT).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
@@ -221,6 +228,7 @@ pub fn report(paths: &Paths, now: i64) -> Report {
         pid: None,
         last_error: None,
         last_heartbeat: None,
+        spool_depth: None,
         problems: Vec::new(),
     };
     if paths.config_file().exists() {
@@ -267,6 +275,7 @@ pub fn report(paths: &Paths, now: i64) -> Report {
         r.pid = r.running.then_some(s.pid);
         r.last_error = s.last_error;
         r.last_heartbeat = s.last_heartbeat;
+        r.spool_depth = Some(s.spool_depth);
     }
     r
 }
@@ -313,6 +322,9 @@ impl Report {
                 "last heartbeat:",
                 &format!("{} ago", human(now.saturating_sub(h))),
             );
+        }
+        if let Some(d) = self.spool_depth {
+            line("spool:", &format!("{d} report(s) waiting"));
         }
         for p in &self.problems {
             line("problem:", p);
@@ -376,8 +388,16 @@ mod tests {
         // This process "runs" the agent.
         let f = StatusFile::start(paths.status_file(), "dev-1", None);
         f.set_state(State::Connected, None);
+        f.update(|s| s.spool_depth = 7);
         let r = report(&paths, now);
         assert!(r.running);
+        assert_eq!(r.spool_depth, Some(7));
+        assert!(
+            r.to_text(now)
+                .contains("spool:           7 report(s) waiting"),
+            "{}",
+            r.to_text(now)
+        );
         assert_eq!(r.connection, "connected");
         assert!(
             r.to_text(now).contains("connected for"),

@@ -650,6 +650,8 @@ mod tests {
             nats_urls: vec!["tls://127.0.0.1:1".into()],
             heartbeat_secs: 30,
             rotate_key_on_renew: false,
+            metrics_secs: 60,
+            inventory_check_secs: 3600,
         };
         platform::write_atomic(
             &staged(&paths.ca_file()),

@@ -22,8 +22,8 @@ use wegweiser_cp::{
 pub struct Platform {
     /// Temporary data directory (removed on drop).
     pub dir: tempfile::TempDir,
-    /// The nats-server process.
-    pub server: NatsServerProcess,
+    /// The nats-server process (`None` while stopped by [`Platform::stop_server`]).
+    pub server: Option<NatsServerProcess>,
     /// The authority, connected.
     pub auth: Authority,
     /// Client URL (`tls://…`).
@@ -112,7 +112,7 @@ impl Platform {
         let auth = Authority::open(&data).await?;
         Ok(Self {
             dir,
-            server,
+            server: Some(server),
             auth,
             url: report.nats_url,
             ca: certs.ca,
@@ -127,6 +127,34 @@ impl Platform {
         name: &str,
     ) -> Result<UserConn, async_nats::ConnectError> {
         connect_user(&self.url, Some(&self.ca), jwt, kp, name).await
+    }
+
+    /// Stops nats-server (its store stays), as an outage would.
+    pub async fn stop_server(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+    }
+
+    /// Starts nats-server again on the same port with the same store.
+    pub async fn start_server(&mut self) -> anyhow::Result<()> {
+        let data = self.data_dir();
+        let port: u16 = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no port in {}", self.url))?;
+        let server = NatsServerProcess::start(
+            &nats_server::locate()?,
+            &data.join("nats").join("nats-server.conf"),
+            port,
+            &data.join("nats").join("nats-server.log"),
+            Duration::from_secs(20),
+        )
+        .await?;
+        self.server = Some(server);
+        Ok(())
     }
 
     /// The data directory.

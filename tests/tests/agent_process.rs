@@ -149,6 +149,7 @@ fn configure(state: &Path, rotate: bool) {
     let mut v: toml::Table = text.parse().unwrap();
     v.insert("heartbeat_secs".into(), toml::Value::Integer(1));
     v.insert("rotate_key_on_renew".into(), toml::Value::Boolean(rotate));
+    v.insert("metrics_secs".into(), toml::Value::Integer(1));
     std::fs::write(&cfg, toml::to_string(&v).unwrap()).unwrap();
 }
 
@@ -219,6 +220,34 @@ async fn an_enrolled_agent_reports_and_keeps_its_identity_across_restarts() {
         assert!(Instant::now() < deadline, "no latest heartbeat indexed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Inventory at start and metrics every second arrive and are kept as the latest.
+    use wegweiser_shared::telemetry::Kind;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (inv, met) = loop {
+        let inv = p
+            .auth
+            .latest(&tenant, &device, Kind::Inventory)
+            .await
+            .unwrap();
+        let met = p
+            .auth
+            .latest(&tenant, &device, Kind::Metrics)
+            .await
+            .unwrap();
+        if let (Some(i), Some(m)) = (inv, met) {
+            break (i.report, m.report);
+        }
+        assert!(Instant::now() < deadline, "inventory or metrics missing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let inv: wegweiser_shared::telemetry::Inventory = serde_json::from_value(inv).unwrap();
+    assert!(
+        !inv.hostname.is_empty() && inv.cpu_cores > 0 && inv.memory_total > 0,
+        "{inv:?}"
+    );
+    assert!(!inv.disks.is_empty(), "{inv:?}");
+    let met: wegweiser_shared::telemetry::Metrics = serde_json::from_value(met).unwrap();
+    assert!(met.process_count > 0 && met.memory_used > 0, "{met:?}");
     // `status` shows the enrollment and the live connection.
     let out = agent(&state).args(["--json", "status"]).output().unwrap();
     let status = String::from_utf8_lossy(&out.stdout).to_string();
@@ -359,4 +388,74 @@ async fn a_revoked_agent_is_dropped_and_stops_asking_for_a_new_token() {
         text.contains("revoked") || text.contains("enroll"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_made_while_offline_are_delivered_in_order_after_restarts() {
+    let (mut p, tenant, _tasks) = setup(None).await;
+    let state = p.dir.path().join("agent");
+    let device = enroll_agent(&p, &tenant, &state).await;
+    fast_heartbeats(&state);
+    let account = p.auth.tenant(&tenant).await.unwrap().account;
+    let run = Running::start(&state);
+    // Online: the start event is acknowledged (the spool drains to zero).
+    let js = async_nats::jetstream::new(p.auth.cp_client().clone());
+    let stream_msgs = |js: async_nats::jetstream::Context| async move {
+        let mut s = js
+            .get_stream(wegweiser_cp::ingest::TELEMETRY_STREAM)
+            .await
+            .unwrap();
+        s.info().await.unwrap().state.messages
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stream_msgs(js.clone()).await == 0 {
+        assert!(Instant::now() < deadline, "nothing stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Outage: nats-server goes away; the agent is stopped and started again while it is down.
+    p.stop_server().await;
+    assert_eq!(run.terminate(), Some(0));
+    let run = Running::start(&state);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = agent(&state).args(["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("waiting"), "spool depth not shown: {text}");
+    p.start_server().await.unwrap();
+    // Everything made offline arrives: agent_stop, then agent_start, in order, once each.
+    let subject = format!("wg.{account}.up.{device}.tel.evt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let js = async_nats::jetstream::new(p.auth.cp_client().clone());
+        let mut stream = js.get_stream(wegweiser_cp::ingest::TELEMETRY_STREAM).await;
+        let mut events = Vec::new();
+        if let Ok(s) = stream.as_mut() {
+            let last = s.info().await.map(|i| i.state.last_sequence).unwrap_or(0);
+            for seq in 1..=last {
+                if let Ok(m) = s.get_raw_message(seq).await
+                    && m.subject.as_str() == subject
+                {
+                    let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+                    let kind = v["event"].as_str().unwrap().to_owned();
+                    if kind.starts_with("agent_") {
+                        events.push((v["seq"].as_u64().unwrap(), kind));
+                    }
+                }
+            }
+        }
+        if events.len() >= 3 || Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let kinds: Vec<&str> = events.iter().map(|(_, e)| e.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["agent_start", "agent_stop", "agent_start"],
+        "{events:?}"
+    );
+    assert!(
+        events.windows(2).all(|w| w[0].0 < w[1].0),
+        "out of order: {events:?}"
+    );
+    drop(run);
 }

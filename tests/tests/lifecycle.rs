@@ -507,7 +507,7 @@ async fn an_unreachable_server_is_a_clear_error() {
         ..
     } = p;
     drop(auth);
-    server.stop().await;
+    server.unwrap().stop().await;
     let e = wegweiser_cp::authority::Authority::open(&dir)
         .await
         .unwrap_err();

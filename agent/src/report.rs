@@ -1,0 +1,676 @@
+//! Reports with acknowledged delivery: every report goes through the offline [`Spool`] first and
+//! leaves it only once JetStream has acknowledged it.
+//!
+//! - [`Reporter::send`] (and [`Reporter::heartbeat`], [`Reporter::inventory`],
+//!   [`Reporter::metrics`], [`Reporter::event`]) gives the report the spool's next sequence
+//!   number (so the `seq` in the payload is the spool's), serializes it, refuses it above
+//!   [`telemetry::MAX_REPORT_BYTES`] and pushes it with its subject
+//!   `wg.<account>.up.<device>.tel.<kind>` and message id `<device>-<seq>`. When the spool had to
+//!   drop old reports to make room, a `spool_overflow` event follows.
+//! - [`Reporter::deliver`] sends the spooled reports in order, one at a time, as requests with a
+//!   `Nats-Msg-Id` header; a JetStream acknowledgement (also of a duplicate) removes the report
+//!   from the spool. An error reply, a timeout, no responders or a lost connection stops the
+//!   round; the same report is retried after a full-jitter backoff (250 ms doubling to 30 s),
+//!   reset by a success. It wakes when a report is pushed and when the client (re)connects
+//!   ([`Reporter::waker`]).
+//!
+//! Spool I/O (file writes, fsync) runs in `spawn_blocking`; the spool sits behind a
+//! `std::sync::Mutex` held only there.
+
+use crate::{
+    schedule,
+    spool::{DEFAULT_MAX_BYTES, Record, Spool, SpoolError},
+    status::StatusFile,
+};
+use async_nats::{Client, HeaderMap, client::RequestErrorKind, connection::State as ConnState};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::{
+    path::Path,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+use tokio::sync::Notify;
+use wegweiser_shared::{
+    ids::{AccountKey, DeviceId},
+    subject::{self, Token},
+    telemetry::{
+        self, Event, EventKind, Heartbeat, Inventory, Kind, MAX_REPORT_BYTES, Metrics,
+        TELEMETRY_TOKEN, VERSION,
+    },
+    time::now,
+};
+
+/// The header JetStream deduplicates by.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// How long one report waits for its acknowledgement.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Records read from the spool per delivery round.
+pub const PEEK_BATCH: usize = 64;
+/// First retry delay ceiling.
+pub const RETRY_BASE: Duration = schedule::RECONNECT_BASE;
+/// Largest retry delay.
+pub const RETRY_CAP: Duration = schedule::RECONNECT_CAP;
+/// How long delivery waits, while disconnected, before looking at the connection again (a
+/// reconnect normally wakes it earlier).
+const OFFLINE_RECHECK: Duration = Duration::from_secs(5);
+/// Overflow events pushed in a row at most (each may itself push old records out).
+const MAX_OVERFLOW_EVENTS: usize = 4;
+
+/// Why a report was not spooled.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// The report is larger than [`MAX_REPORT_BYTES`].
+    #[error("a {kind} report of {size} bytes is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// Its subject token.
+        kind: &'static str,
+        /// Its size.
+        size: usize,
+        /// [`MAX_REPORT_BYTES`].
+        limit: usize,
+    },
+    /// The report could not be serialized.
+    #[error("cannot encode a report: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The spool failed.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The blocking spool task failed (panicked or was cancelled).
+    #[error("the spool task failed: {0}")]
+    Task(String),
+}
+
+/// Why one report was not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliveryError {
+    /// The client is not connected.
+    #[error("not connected")]
+    NotConnected,
+    /// No acknowledgement within [`ACK_TIMEOUT`].
+    #[error("no acknowledgement within {ACK_TIMEOUT:?}")]
+    Timeout,
+    /// Nothing stores reports on that subject (no stream, or no import).
+    #[error("no responders (no stream stores this subject)")]
+    NoResponders,
+    /// The request failed otherwise.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// JetStream answered with an error.
+    #[error("JetStream refused the report ({code}/{err_code}): {description}")]
+    Refused {
+        /// HTTP-like status code.
+        code: u64,
+        /// JetStream's error code.
+        err_code: u64,
+        /// Its description.
+        description: String,
+    },
+    /// The reply was neither an acknowledgement nor an error.
+    #[error("unexpected reply: {0}")]
+    BadReply(String),
+}
+
+/// A JetStream publish acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PubAck {
+    /// The stream that stored the report.
+    pub stream: String,
+    /// Its sequence number in the stream.
+    pub seq: u64,
+    /// The stream already had this message id (a replay): stored once.
+    pub duplicate: bool,
+}
+
+#[derive(Deserialize)]
+struct RawReply {
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default)]
+    error: Option<RawApiError>,
+}
+
+#[derive(Deserialize)]
+struct RawApiError {
+    #[serde(default)]
+    code: u64,
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+/// Parses a reply to a publish request: a [`PubAck`] (`{"stream":"S","seq":7}`, possibly with
+/// `"duplicate":true`), or [`DeliveryError::Refused`] for an error reply (`{"error":{…}}`), or
+/// [`DeliveryError::BadReply`] for anything else.
+pub fn parse_pub_ack(payload: &[u8]) -> Result<PubAck, DeliveryError> {
+    if payload.is_empty() {
+        return Err(DeliveryError::BadReply("empty reply".to_owned()));
+    }
+    let raw: RawReply = serde_json::from_slice(payload).map_err(|e| {
+        DeliveryError::BadReply(format!(
+            "not JSON ({:?} error at line {}, column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    if let Some(e) = raw.error {
+        return Err(DeliveryError::Refused {
+            code: e.code,
+            err_code: e.err_code,
+            description: e.description,
+        });
+    }
+    match (raw.stream, raw.seq) {
+        (Some(stream), Some(seq)) if !stream.is_empty() => Ok(PubAck {
+            stream,
+            seq,
+            duplicate: raw.duplicate,
+        }),
+        _ => Err(DeliveryError::BadReply(
+            "no stream and sequence in the reply".to_owned(),
+        )),
+    }
+}
+
+/// The subject of a report of `kind`: `wg.<account>.up.<device>.tel.<kind token>`.
+pub fn report_subject(account: &AccountKey, device: &DeviceId, kind: Kind) -> String {
+    subject::up(
+        account,
+        device,
+        &[
+            Token::from_static(TELEMETRY_TOKEN),
+            Token::from_static(kind.token()),
+        ],
+    )
+}
+
+/// Sends reports through the offline spool. Share it in an [`Arc`].
+#[derive(Debug)]
+pub struct Reporter {
+    spool: Arc<Mutex<Spool>>,
+    account: AccountKey,
+    device: DeviceId,
+    /// Wakes [`Reporter::deliver`]: a report was pushed, or the client (re)connected.
+    wake: Arc<Notify>,
+    /// Records waiting in the spool, as of the last spool operation.
+    depth: Arc<AtomicU64>,
+    /// The depth last written to `status.json`.
+    shown_depth: AtomicU64,
+    status: StatusFile,
+}
+
+impl Reporter {
+    /// Opens the spool in `dir` ([`DEFAULT_MAX_BYTES`]) and reports what opening found: a
+    /// `spool_corrupt` event per damaged segment set aside, a `spool_overflow` event for records
+    /// dropped to fit.
+    pub async fn open(
+        dir: &Path,
+        account: AccountKey,
+        device: DeviceId,
+        status: StatusFile,
+    ) -> Result<Arc<Self>, ReportError> {
+        let dir = dir.to_owned();
+        let (spool, report) =
+            tokio::task::spawn_blocking(move || Spool::open(&dir, DEFAULT_MAX_BYTES))
+                .await
+                .map_err(|e| ReportError::Task(e.to_string()))??;
+        let depth = spool.len();
+        if report.recovered_records > 0 {
+            tracing::info!(
+                records = report.recovered_records,
+                "Reports from an earlier run are waiting in the spool."
+            );
+        }
+        let reporter = Arc::new(Self {
+            spool: Arc::new(Mutex::new(spool)),
+            account,
+            device,
+            wake: Arc::new(Notify::new()),
+            depth: Arc::new(AtomicU64::new(depth)),
+            shown_depth: AtomicU64::new(u64::MAX),
+            status,
+        });
+        for file in &report.set_aside {
+            let _ = reporter
+                .event(EventKind::SpoolCorrupt {
+                    file: file.display().to_string(),
+                })
+                .await;
+        }
+        // Dropped while opening (a smaller bound than what was on disk).
+        let (account, device) = (reporter.account.clone(), reporter.device.clone());
+        reporter
+            .with_spool(move |s| report_overflow(s, &account, &device))
+            .await?;
+        reporter.show_depth();
+        Ok(reporter)
+    }
+
+    /// What wakes [`Reporter::deliver`]; notify it when the client (re)connects.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Reports waiting in the spool.
+    pub fn depth(&self) -> u64 {
+        self.depth.load(Ordering::SeqCst)
+    }
+
+    /// Spools a report of `kind`: `build` gets its sequence number and returns the report
+    /// (whose `seq` field must be that number). Returns the sequence number. A refused report
+    /// (too large, spool failure) is logged and the error returned.
+    pub async fn send<T, F>(&self, kind: Kind, build: F) -> Result<u64, ReportError>
+    where
+        T: Serialize,
+        F: FnOnce(u64) -> T + Send + 'static,
+    {
+        self.push(kind, move |seq, _| build(seq)).await
+    }
+
+    /// Spools an inventory (its `v` and `seq` are set here).
+    pub async fn inventory(&self, mut inventory: Inventory) -> Result<u64, ReportError> {
+        self.send(Kind::Inventory, move |seq| {
+            inventory.v = VERSION;
+            inventory.seq = seq;
+            inventory
+        })
+        .await
+    }
+
+    /// Spools metrics (their `v` and `seq` are set here).
+    pub async fn metrics(&self, mut metrics: Metrics) -> Result<u64, ReportError> {
+        self.send(Kind::Metrics, move |seq| {
+            metrics.v = VERSION;
+            metrics.seq = seq;
+            metrics
+        })
+        .await
+    }
+
+    /// Spools an event, stamped now.
+    pub async fn event(&self, what: EventKind) -> Result<u64, ReportError> {
+        self.send(Kind::Event, move |seq| event(seq, what)).await
+    }
+
+    /// Spools a heartbeat, with the spool's depth (before it) as `spool_depth`.
+    pub async fn heartbeat(&self, jwt_expires_at: i64) -> Result<u64, ReportError> {
+        self.push(Kind::Heartbeat, move |seq, spool| Heartbeat {
+            v: VERSION,
+            seq,
+            ts: now(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            jwt_expires_at,
+            spool_depth: spool.len(),
+            keyset_version: None,
+        })
+        .await
+    }
+
+    async fn push<T, F>(&self, kind: Kind, build: F) -> Result<u64, ReportError>
+    where
+        T: Serialize,
+        F: FnOnce(u64, &Spool) -> T + Send + 'static,
+    {
+        let (account, device) = (self.account.clone(), self.device.clone());
+        let result = self
+            .with_spool(move |s| {
+                let pushed = push_report(s, &account, &device, kind, build);
+                report_overflow(s, &account, &device);
+                pushed
+            })
+            .await
+            .and_then(|r| r);
+        match &result {
+            Ok(seq) => {
+                tracing::debug!(kind = kind.token(), seq, "Report spooled.");
+                self.wake.notify_one();
+            }
+            Err(e) => tracing::warn!(kind = kind.token(), error = %e, "Report refused."),
+        }
+        result
+    }
+
+    /// Runs `f` on the spool in a blocking task, then records the spool's depth.
+    async fn with_spool<R, F>(&self, f: F) -> Result<R, ReportError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Spool) -> R + Send + 'static,
+    {
+        let (spool, depth) = (self.spool.clone(), self.depth.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut spool = spool.lock().unwrap_or_else(PoisonError::into_inner);
+            let r = f(&mut spool);
+            depth.store(spool.len(), Ordering::SeqCst);
+            r
+        })
+        .await
+        .map_err(|e| ReportError::Task(e.to_string()))
+    }
+
+    /// Writes the spool depth to `status.json` when it changed.
+    fn show_depth(&self) {
+        let depth = self.depth();
+        if self.shown_depth.swap(depth, Ordering::SeqCst) != depth {
+            self.status.update(|s| s.spool_depth = depth);
+        }
+    }
+
+    /// Waits until the spool is empty, at most `within`; whether it is.
+    pub async fn wait_empty(&self, within: Duration) -> bool {
+        let empty = tokio::time::timeout(within, async {
+            while self.depth() > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .is_ok();
+        self.show_depth();
+        empty
+    }
+
+    /// Delivers spooled reports over `client`, in order, forever (abort the task to stop it).
+    pub async fn deliver(&self, client: Client) {
+        let mut rng = rand::rngs::StdRng::from_entropy();
+        let mut attempt = 0u32;
+        loop {
+            if client.connection_state() != ConnState::Connected {
+                let _ = tokio::time::timeout(OFFLINE_RECHECK, self.wake.notified()).await;
+                continue;
+            }
+            let failed = match self.with_spool(|s| s.peek(PEEK_BATCH)).await {
+                Ok(Ok(batch)) if batch.is_empty() => {
+                    self.show_depth();
+                    self.wake.notified().await;
+                    continue;
+                }
+                Ok(Ok(batch)) => self.deliver_batch(&client, batch, &mut attempt).await,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Cannot read the spool.");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot read the spool.");
+                    true
+                }
+            };
+            self.show_depth();
+            if failed {
+                let delay = schedule::full_jitter(attempt, RETRY_BASE, RETRY_CAP, &mut rng);
+                attempt = attempt.saturating_add(1);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    /// Sends `batch` in order until one fails; whether one did.
+    async fn deliver_batch(&self, client: &Client, batch: Vec<Record>, attempt: &mut u32) -> bool {
+        for record in batch {
+            match publish(client, &record).await {
+                Ok(ack) => {
+                    tracing::debug!(
+                        seq = record.seq,
+                        stream = %ack.stream,
+                        stream_seq = ack.seq,
+                        duplicate = ack.duplicate,
+                        "Report acknowledged."
+                    );
+                    *attempt = 0;
+                    let seq = record.seq;
+                    match self.with_spool(move |s| s.ack(seq)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(seq, error = %e, "Cannot mark a report as delivered.");
+                            return true;
+                        }
+                        Err(e) => {
+                            tracing::warn!(seq, error = %e, "Cannot mark a report as delivered.");
+                            return true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        seq = record.seq,
+                        subject = %record.subject,
+                        attempt = *attempt,
+                        error = %e,
+                        "A report was not acknowledged; will retry."
+                    );
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// An event report.
+fn event(seq: u64, what: EventKind) -> Event {
+    Event {
+        v: VERSION,
+        seq,
+        ts: now(),
+        what,
+    }
+}
+
+/// Builds, checks and pushes one report; the payload's `seq` is the spool's.
+fn push_report<T, F>(
+    spool: &mut Spool,
+    account: &AccountKey,
+    device: &DeviceId,
+    kind: Kind,
+    build: F,
+) -> Result<u64, ReportError>
+where
+    T: Serialize,
+    F: FnOnce(u64, &Spool) -> T,
+{
+    let seq = spool.next_seq();
+    let payload = serde_json::to_vec(&build(seq, spool))?;
+    if payload.len() > MAX_REPORT_BYTES {
+        return Err(ReportError::TooLarge {
+            kind: kind.token(),
+            size: payload.len(),
+            limit: MAX_REPORT_BYTES,
+        });
+    }
+    let subject = report_subject(account, device, kind);
+    let pushed = spool.push(&subject, &telemetry::message_id(device, seq), &payload)?;
+    debug_assert_eq!(pushed, seq);
+    Ok(pushed)
+}
+
+/// Pushes a `spool_overflow` event when the spool dropped records.
+fn report_overflow(spool: &mut Spool, account: &AccountKey, device: &DeviceId) {
+    for _ in 0..MAX_OVERFLOW_EVENTS {
+        let dropped = spool.take_dropped();
+        if dropped == 0 {
+            return;
+        }
+        tracing::warn!(
+            dropped,
+            "The spool was full: the oldest undelivered reports were dropped."
+        );
+        let what = EventKind::SpoolOverflow { dropped };
+        if let Err(e) = push_report(spool, account, device, Kind::Event, |seq, _| {
+            event(seq, what)
+        }) {
+            tracing::warn!(error = %e, "Cannot spool the overflow event.");
+            return;
+        }
+    }
+}
+
+/// Sends one record and waits for its acknowledgement.
+async fn publish(client: &Client, record: &Record) -> Result<PubAck, DeliveryError> {
+    if client.connection_state() != ConnState::Connected {
+        return Err(DeliveryError::NotConnected);
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(MSG_ID_HEADER, record.msg_id.as_str());
+    let reply = tokio::time::timeout(
+        ACK_TIMEOUT,
+        client.request_with_headers(
+            record.subject.clone(),
+            headers,
+            record.payload.clone().into(),
+        ),
+    )
+    .await
+    .map_err(|_| DeliveryError::Timeout)?
+    .map_err(|e| match e.kind() {
+        RequestErrorKind::TimedOut => DeliveryError::Timeout,
+        RequestErrorKind::NoResponders => DeliveryError::NoResponders,
+        _ => DeliveryError::Request(e.to_string()),
+    })?;
+    parse_pub_ack(&reply.payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::Issuer;
+
+    async fn open(dir: &Path, issuer: &Issuer) -> Arc<Reporter> {
+        let status = StatusFile::start(dir.join("status.json"), issuer.device.as_str(), None);
+        Reporter::open(
+            &dir.join("spool"),
+            issuer.account.clone(),
+            issuer.device.clone(),
+            status,
+        )
+        .await
+        .unwrap()
+    }
+
+    fn peek_all(r: &Reporter) -> Vec<Record> {
+        r.spool.lock().unwrap().peek(1000).unwrap()
+    }
+
+    #[test]
+    fn subjects_carry_the_kind_token() {
+        let issuer = Issuer::new();
+        let (a, d) = (&issuer.account, &issuer.device);
+        for (kind, token) in [
+            (Kind::Heartbeat, "hb"),
+            (Kind::Inventory, "inv"),
+            (Kind::Metrics, "met"),
+            (Kind::Event, "evt"),
+        ] {
+            assert_eq!(
+                report_subject(a, d, kind),
+                format!("wg.{a}.up.{d}.tel.{token}")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn payload_seq_is_the_spool_seq() {
+        let tmp = tempfile::tempdir().unwrap();
+        let issuer = Issuer::new();
+        let r = open(tmp.path(), &issuer).await;
+        r.event(EventKind::AgentStart {
+            agent_version: "0.1.0".into(),
+        })
+        .await
+        .unwrap();
+        r.heartbeat(99).await.unwrap();
+        let seq = r
+            .send(Kind::Metrics, |seq| serde_json::json!({"v": 1, "seq": seq}))
+            .await
+            .unwrap();
+        assert_eq!(seq, 3);
+        assert_eq!(r.depth(), 3);
+        let records = peek_all(&r);
+        let kinds = ["evt", "hb", "met"];
+        for (i, rec) in records.iter().enumerate() {
+            let v: serde_json::Value = serde_json::from_slice(&rec.payload).unwrap();
+            assert_eq!(v["seq"], rec.seq, "{v}");
+            assert_eq!(rec.msg_id, format!("{}-{}", issuer.device, rec.seq));
+            assert!(rec.subject.ends_with(&format!(".tel.{}", kinds[i])));
+        }
+        let hb: Heartbeat = serde_json::from_slice(&records[1].payload).unwrap();
+        assert_eq!((hb.spool_depth, hb.jwt_expires_at), (1, 99));
+        let ev: Event = serde_json::from_slice(&records[0].payload).unwrap();
+        assert!(matches!(ev.what, EventKind::AgentStart { .. }));
+
+        // Numbering continues after a restart, acknowledged or not.
+        r.spool.lock().unwrap().ack(2).unwrap();
+        drop(r);
+        let r = open(tmp.path(), &issuer).await;
+        assert_eq!(r.depth(), 1);
+        assert_eq!(r.send(Kind::Event, |seq| seq).await.unwrap(), 4);
+        let status = crate::status::read(&tmp.path().join("status.json")).unwrap();
+        assert_eq!(status.spool_depth, 1);
+    }
+
+    #[tokio::test]
+    async fn oversize_reports_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let issuer = Issuer::new();
+        let r = open(tmp.path(), &issuer).await;
+        let big = "x".repeat(MAX_REPORT_BYTES);
+        let e = r
+            .send(
+                Kind::Inventory,
+                move |seq| serde_json::json!({"seq": seq, "software": big}),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, ReportError::TooLarge { kind: "inv", .. }),
+            "{e}"
+        );
+        assert_eq!(r.depth(), 0);
+        // The number was not used up.
+        assert_eq!(r.send(Kind::Event, |seq| seq).await.unwrap(), 1);
+    }
+
+    #[test]
+    fn pub_acks_are_parsed() {
+        assert_eq!(
+            parse_pub_ack(br#"{"stream":"WG_TELEMETRY","seq":42}"#),
+            Ok(PubAck {
+                stream: "WG_TELEMETRY".into(),
+                seq: 42,
+                duplicate: false
+            })
+        );
+        assert_eq!(
+            parse_pub_ack(br#"{"stream":"WG_TELEMETRY","domain":"hub","seq":42,"duplicate":true}"#),
+            Ok(PubAck {
+                stream: "WG_TELEMETRY".into(),
+                seq: 42,
+                duplicate: true
+            })
+        );
+        assert_eq!(
+            parse_pub_ack(
+                br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#
+            ),
+            Err(DeliveryError::Refused {
+                code: 503,
+                err_code: 10077,
+                description: "maximum messages exceeded".into()
+            })
+        );
+        for garbage in [&b""[..], b"ok", b"{}", b"[1]", br#"{"stream":"","seq":1}"#] {
+            assert!(
+                matches!(parse_pub_ack(garbage), Err(DeliveryError::BadReply(_))),
+                "{garbage:?}"
+            );
+        }
+    }
+}
