@@ -753,6 +753,93 @@ fn prove(new: &nkeys::KeyPair, device: &DeviceId, old: &str) -> Result<NewKey, R
     Ok(NewKey { public_key, proof })
 }
 
+/// How often the inventory is sent even when it did not change.
+pub const INVENTORY_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// Sends the inventory at start, when it changes (checked every `check`) and every 24 h, and
+/// metrics every `metrics_every`. Collection runs on the blocking pool; failures become
+/// `collection_error` events.
+async fn collect_loop(
+    reporter: Arc<crate::report::Reporter>,
+    metrics_every: Duration,
+    check: Duration,
+) {
+    use crate::collect::{Collector, inventory_fingerprint};
+    let collector = Arc::new(std::sync::Mutex::new(Collector::new()));
+    let mut metrics_tick = tokio::time::interval(metrics_every);
+    metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check_tick = tokio::time::interval(check.min(INVENTORY_EVERY));
+    check_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_fingerprint = None;
+    let mut last_sent = tokio::time::Instant::now();
+    loop {
+        let inventory_due = tokio::select! {
+            _ = check_tick.tick() => true,
+            _ = metrics_tick.tick() => false,
+        };
+        let c = collector.clone();
+        let collected = tokio::task::spawn_blocking(move || {
+            let Ok(mut c) = c.lock() else {
+                return None;
+            };
+            let ts = now();
+            Some(if inventory_due {
+                let (inv, errors) = c.inventory(0, ts, env!("CARGO_PKG_VERSION"));
+                (Some(inv), None, errors)
+            } else {
+                let m = c.metrics(0, ts);
+                (None, Some(m), c.take_errors())
+            })
+        })
+        .await;
+        let Ok(Some((inventory, metrics, errors))) = collected else {
+            continue;
+        };
+        for e in errors {
+            let _ = reporter.event(e.to_event()).await;
+        }
+        if let Some(m) = metrics
+            && let Err(e) = reporter.metrics(m).await
+        {
+            tracing::warn!(error = %e, "Metrics not queued.");
+        }
+        if let Some(mut inv) = inventory {
+            let fingerprint = inventory_fingerprint(&inv);
+            let stale = last_sent.elapsed() >= INVENTORY_EVERY;
+            if last_fingerprint == Some(fingerprint) && !stale {
+                continue;
+            }
+            // An inventory too large for one report sheds software entries (the rest still
+            // matters more than a complete package list).
+            loop {
+                match reporter.inventory(inv.clone()).await {
+                    Ok(_) => break,
+                    Err(crate::report::ReportError::TooLarge { .. })
+                        if !inv.software.is_empty() =>
+                    {
+                        let keep = inv.software.len() / 2;
+                        inv.software.truncate(keep);
+                        let _ = reporter
+                            .event(wegweiser_shared::telemetry::EventKind::CollectionError {
+                                collector: "software".to_owned(),
+                                message: format!(
+                                    "inventory too large; software list cut to {keep} entries"
+                                ),
+                            })
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Inventory not queued.");
+                        break;
+                    }
+                }
+            }
+            last_fingerprint = Some(fingerprint);
+            last_sent = tokio::time::Instant::now();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -926,92 +1013,5 @@ mod tests {
             matches!(e, RunError::Store(StoreError::NotEnrolled { .. })),
             "{e}"
         );
-    }
-}
-
-/// How often the inventory is sent even when it did not change.
-pub const INVENTORY_EVERY: Duration = Duration::from_secs(24 * 3600);
-
-/// Sends the inventory at start, when it changes (checked every `check`) and every 24 h, and
-/// metrics every `metrics_every`. Collection runs on the blocking pool; failures become
-/// `collection_error` events.
-async fn collect_loop(
-    reporter: Arc<crate::report::Reporter>,
-    metrics_every: Duration,
-    check: Duration,
-) {
-    use crate::collect::{Collector, inventory_fingerprint};
-    let collector = Arc::new(std::sync::Mutex::new(Collector::new()));
-    let mut metrics_tick = tokio::time::interval(metrics_every);
-    metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut check_tick = tokio::time::interval(check.min(INVENTORY_EVERY));
-    check_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_fingerprint = None;
-    let mut last_sent = tokio::time::Instant::now();
-    loop {
-        let inventory_due = tokio::select! {
-            _ = check_tick.tick() => true,
-            _ = metrics_tick.tick() => false,
-        };
-        let c = collector.clone();
-        let collected = tokio::task::spawn_blocking(move || {
-            let Ok(mut c) = c.lock() else {
-                return None;
-            };
-            let ts = now();
-            Some(if inventory_due {
-                let (inv, errors) = c.inventory(0, ts, env!("CARGO_PKG_VERSION"));
-                (Some(inv), None, errors)
-            } else {
-                let m = c.metrics(0, ts);
-                (None, Some(m), c.take_errors())
-            })
-        })
-        .await;
-        let Ok(Some((inventory, metrics, errors))) = collected else {
-            continue;
-        };
-        for e in errors {
-            let _ = reporter.event(e.to_event()).await;
-        }
-        if let Some(m) = metrics
-            && let Err(e) = reporter.metrics(m).await
-        {
-            tracing::warn!(error = %e, "Metrics not queued.");
-        }
-        if let Some(mut inv) = inventory {
-            let fingerprint = inventory_fingerprint(&inv);
-            let stale = last_sent.elapsed() >= INVENTORY_EVERY;
-            if last_fingerprint == Some(fingerprint) && !stale {
-                continue;
-            }
-            // An inventory too large for one report sheds software entries (the rest still
-            // matters more than a complete package list).
-            loop {
-                match reporter.inventory(inv.clone()).await {
-                    Ok(_) => break,
-                    Err(crate::report::ReportError::TooLarge { .. })
-                        if !inv.software.is_empty() =>
-                    {
-                        let keep = inv.software.len() / 2;
-                        inv.software.truncate(keep);
-                        let _ = reporter
-                            .event(wegweiser_shared::telemetry::EventKind::CollectionError {
-                                collector: "software".to_owned(),
-                                message: format!(
-                                    "inventory too large; software list cut to {keep} entries"
-                                ),
-                            })
-                            .await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Inventory not queued.");
-                        break;
-                    }
-                }
-            }
-            last_fingerprint = Some(fingerprint);
-            last_sent = tokio::time::Instant::now();
-        }
     }
 }
