@@ -910,6 +910,8 @@ impl Authority {
             .update(id.as_str(), bytes.into(), rev)
             .await
             .map_err(store_err)?;
+        // Its reports go first, while the record that names the account still exists.
+        self.purge_reports(id, None, "cli").await?;
         self.delete_accounts(&[&record.account]).await?;
         if self
             .resolver_accounts()

@@ -61,6 +61,15 @@ pub enum Command {
     /// Devices.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Live tail of a tenant's reports, through subscribe-only technician credentials.
+    Watch {
+        /// Tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// Only this device.
+        #[arg(long)]
+        device: Option<DeviceId>,
+    },
     /// Revoke a user: its JWTs stop working and live connections are dropped at once.
     Revoke {
         /// Tenant id.
@@ -171,6 +180,17 @@ pub enum DeviceCommand {
         tenant: TenantId,
         /// Device id.
         device: DeviceId,
+    },
+    /// Delete a device's reports (history and latest); audited.
+    Purge {
+        /// Tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// Device id.
+        device: DeviceId,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
     },
     /// Revoke a device: disconnected at once, renewals refused, a new token needed to come back.
     Revoke {
@@ -432,6 +452,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant(t) => tenant(&data_dir, t, json).await,
         Command::Token(t) => token(&data_dir, t, json).await,
         Command::Device(d) => device(&data_dir, d, json).await,
+        Command::Watch { tenant, device } => watch(&data_dir, tenant, device, json).await,
         Command::Issue(i) => issue(&data_dir, i, json).await,
         Command::Revoke { tenant, user } => {
             let auth = Authority::open(&data_dir).await?;
@@ -721,6 +742,24 @@ async fn device(data_dir: &Path, cmd: DeviceCommand, json: bool) -> anyhow::Resu
                 serde_json::to_string_pretty(&v).unwrap_or_default()
             });
         }
+        DeviceCommand::Purge {
+            tenant,
+            device,
+            yes,
+        } => {
+            if !yes {
+                anyhow::bail!(
+                    "this deletes every stored report of {device}; pass --yes to confirm"
+                );
+            }
+            let p = auth.purge_reports(&tenant, Some(&device), "cli").await?;
+            print(json, &p, || {
+                format!(
+                    "Deleted {} report(s) and {} latest entr(ies) of {device}.",
+                    p.reports, p.latest
+                )
+            });
+        }
         DeviceCommand::Revoke { tenant, device } => {
             let d = auth.revoke_device(&tenant, &device).await?;
             print(json, &d, || {
@@ -730,6 +769,58 @@ async fn device(data_dir: &Path, cmd: DeviceCommand, json: bool) -> anyhow::Resu
             });
         }
     }
+    Ok(())
+}
+
+async fn watch(
+    data_dir: &Path,
+    tenant: TenantId,
+    device: Option<DeviceId>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let auth = Authority::open(data_dir).await?;
+    let account = auth.tenant(&tenant).await?.account;
+    let (scope, subject) = match &device {
+        Some(d) => (
+            TechnicianScope::Devices(vec![d.clone()]),
+            format!("wg.{account}.up.{d}.tel.>"),
+        ),
+        None => (
+            TechnicianScope::AllDevices,
+            format!("wg.{account}.up.*.tel.>"),
+        ),
+    };
+    let client = auth
+        .technician_client(&tenant, &"wegweiser-watch".parse()?, &scope)
+        .await?;
+    let mut sub = client.subscribe(subject).await?;
+    eprintln!("Watching {tenant} (Ctrl-C to stop).");
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => break,
+            m = sub.next() => {
+                let Some(m) = m else { break };
+                let parts: Vec<&str> = m.subject.split('.').collect();
+                let (dev, kind) = (parts.get(3).copied().unwrap_or("?"), parts.get(5).copied().unwrap_or("?"));
+                if json {
+                    let report: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null);
+                    println!("{}", serde_json::json!({"device": dev, "kind": kind, "report": report}));
+                } else {
+                    let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null);
+                    let summary = match kind {
+                        "hb" => format!("seq {} spool {}", v["seq"], v["spool_depth"]),
+                        "met" => format!("cpu {:.1}% mem used {} procs {}", v["cpu"].as_f64().unwrap_or(0.0), v["memory_used"], v["process_count"]),
+                        "inv" => format!("{} {} ({} packages)", v["hostname"], v["os_version"], v["software"].as_array().map_or(0, Vec::len)),
+                        "evt" => format!("{}", v["event"]),
+                        _ => String::new(),
+                    };
+                    println!("{} {dev} {kind} {summary}", v["ts"]);
+                }
+            }
+        }
+    }
+    let _ = client.drain().await;
     Ok(())
 }
 

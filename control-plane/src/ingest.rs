@@ -207,3 +207,83 @@ mod tests {
         }
     }
 }
+
+/// What a purge removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Purged {
+    /// Reports removed from the history.
+    pub reports: u64,
+    /// Latest-report entries removed.
+    pub latest: usize,
+}
+
+impl Authority {
+    /// Removes a device's reports from the history and its latest reports (audited). With
+    /// `device` `None`, the whole tenant's.
+    pub async fn purge_reports(
+        &self,
+        tenant: &TenantId,
+        device: Option<&DeviceId>,
+        actor: &str,
+    ) -> Result<Purged, AuthorityError> {
+        let record = self.tenant(tenant).await?;
+        let js = jetstream::new(self.cp_client().clone());
+        let (stream, latest) = open(
+            &js,
+            self.config().telemetry_retention_days,
+            self.config().kv_replicas,
+        )
+        .await?;
+        let filter = match device {
+            Some(d) => format!("wg.{}.up.{d}.{TELEMETRY_TOKEN}.>", record.account),
+            None => format!("wg.{}.up.*.{TELEMETRY_TOKEN}.>", record.account),
+        };
+        let reports = stream
+            .purge()
+            .filter(filter)
+            .await
+            .map_err(store_err)?
+            .purged;
+        let prefix = match device {
+            Some(d) => format!("{tenant}.{d}."),
+            None => format!("{tenant}."),
+        };
+        let mut keys = latest.keys().await.map_err(store_err)?;
+        let mut doomed = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(store_err)?;
+            if k.starts_with(&prefix) {
+                doomed.push(k);
+            }
+        }
+        for k in &doomed {
+            latest.purge(k).await.map_err(store_err)?;
+        }
+        let mut a = crate::audit::AuditEntry::new("reports.purge", actor, "ok");
+        a.tenant = Some(tenant.to_string());
+        a.device = device.map(|d| d.to_string());
+        a.detail = serde_json::json!({"reports": reports, "latest": doomed.len()});
+        self.audit().record(a).await;
+        Ok(Purged {
+            reports,
+            latest: doomed.len(),
+        })
+    }
+
+    /// A subscribe-only technician connection of `tenant` limited to `scope`, with a key that
+    /// exists only in memory (for `wegweiser watch`).
+    pub async fn technician_client(
+        &self,
+        tenant: &TenantId,
+        name: &wegweiser_shared::ids::UserName,
+        scope: &crate::tenant::TechnicianScope,
+    ) -> Result<async_nats::Client, AuthorityError> {
+        let creds = self
+            .issue_technician_creds(tenant, name, scope, Some(3600))
+            .await?;
+        let opts = async_nats::ConnectOptions::with_credentials(creds.creds.expose())
+            .map_err(|e| AuthorityError::Nats(e.to_string()))?
+            .name("wegweiser-watch");
+        crate::authority::connect_with(self.config(), opts).await
+    }
+}
