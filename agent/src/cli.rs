@@ -8,6 +8,7 @@ use crate::{
     enroll::{self, EnrollError, EnrollOptions},
     paths::{ENV_STATE_DIR, Location, Paths},
     run::{self, RunError},
+    service::{self, InstallOptions, ServiceError, UnitLocation},
     status,
     store::StoreError,
 };
@@ -58,6 +59,29 @@ pub enum Command {
     Run,
     /// Show enrollment, credential expiry and connection state.
     Status,
+    /// Install a systemd service that runs this executable at boot (Linux; run as root).
+    Install(InstallArgs),
+    /// Stop and remove the systemd service (keeps the enrollment).
+    Uninstall(UninstallArgs),
+}
+
+/// `install` options. The service uses the system location unless `--state-dir` is given.
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Write the unit here instead of /etc/systemd/system (then systemctl is not run).
+    #[arg(long, value_name = "DIR")]
+    pub unit_dir: Option<PathBuf>,
+    /// Only write the unit: do not reload systemd or enable and start the service.
+    #[arg(long)]
+    pub no_start: bool,
+}
+
+/// `uninstall` options.
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Remove the unit from here instead of /etc/systemd/system (then systemctl is not run).
+    #[arg(long, value_name = "DIR")]
+    pub unit_dir: Option<PathBuf>,
 }
 
 /// `enroll` options.
@@ -132,6 +156,14 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             RunError::AlreadyRunning { .. } | RunError::Lock { .. } | RunError::Spool(_) => 1,
         };
     }
+    if let Some(e) = e.downcast_ref::<ServiceError>() {
+        return match e {
+            ServiceError::Unsupported { .. } | ServiceError::BadPath { .. } => EXIT_USAGE,
+            ServiceError::NotEnrolled { .. } => EXIT_REENROLL,
+            ServiceError::Systemctl { missing: true, .. } => EXIT_UNAVAILABLE,
+            _ => 1,
+        };
+    }
     if e.downcast_ref::<crate::paths::PathsError>().is_some() {
         return EXIT_USAGE;
     }
@@ -162,8 +194,13 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
 
 fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     let location = Location::from_flags(cli.state_dir, cli.system)?;
-    let paths = Paths::resolve(&location)?;
     let json = cli.json;
+    match cli.command {
+        Command::Install(a) => return install(&location, a, json),
+        Command::Uninstall(a) => return uninstall(&location, a, json),
+        _ => {}
+    }
+    let paths = Paths::resolve(&location)?;
     match cli.command {
         Command::Enroll(a) => {
             let opts = EnrollOptions {
@@ -209,7 +246,35 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             print(json, &r, || r.to_text(now));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Install(_) | Command::Uninstall(_) => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// The service's location: `--state-dir DIR` (absolute), else the system location.
+fn unit_location(location: &Location) -> UnitLocation {
+    match location {
+        Location::Dir(dir) => {
+            UnitLocation::StateDir(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()))
+        }
+        Location::System | Location::User => UnitLocation::System,
+    }
+}
+
+fn install(location: &Location, a: InstallArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let r = service::install(&InstallOptions {
+        exe: service::current_exe()?,
+        location: unit_location(location),
+        unit_dir: a.unit_dir,
+        start: !a.no_start,
+    })?;
+    print(json, &r, || r.to_text());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn uninstall(location: &Location, a: UninstallArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let r = service::uninstall(a.unit_dir.as_deref(), &unit_location(location))?;
+    print(json, &r, || r.to_text());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn location_flags(location: &Location, paths: &Paths) -> String {
@@ -285,6 +350,15 @@ mod tests {
         for args in [
             vec!["wegweiser-agent", "run", "--system"],
             vec!["wegweiser-agent", "status", "--json"],
+            vec![
+                "wegweiser-agent",
+                "install",
+                "--unit-dir",
+                "/tmp/u",
+                "--no-start",
+            ],
+            vec!["wegweiser-agent", "--state-dir", "/tmp/a", "install"],
+            vec!["wegweiser-agent", "uninstall", "--unit-dir", "/tmp/u"],
         ] {
             assert!(Cli::try_parse_from(args).is_ok());
         }
@@ -312,6 +386,8 @@ mod tests {
             path: "p".into(),
         }));
         assert_eq!(exit_code(&e), EXIT_REENROLL);
+        let e = anyhow::Error::from(ServiceError::Unsupported { command: "install" });
+        assert_eq!(exit_code(&e), EXIT_USAGE);
         let e = anyhow::Error::from(crate::paths::PathsError::Conflict);
         assert_eq!(exit_code(&e), EXIT_USAGE);
     }

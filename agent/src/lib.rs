@@ -45,6 +45,7 @@ pub mod platform;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod service;
 pub mod spool;
 pub mod status;
 pub mod store;
