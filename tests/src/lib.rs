@@ -157,6 +157,38 @@ impl Platform {
         Ok(())
     }
 
+    /// Creates a tenant with default limits.
+    pub async fn tenant(&self, id: &str) -> anyhow::Result<wegweiser_cp::tenant::TenantRecord> {
+        Ok(self
+            .auth
+            .create_tenant(wegweiser_cp::authority::NewTenant {
+                id: id.parse()?,
+                name: None,
+                limits: None,
+            })
+            .await?)
+    }
+
+    /// An enrollment token of `tenant` with `uses` uses and the default lifetime.
+    pub async fn token(
+        &self,
+        tenant: &wegweiser_shared::ids::TenantId,
+        uses: u32,
+    ) -> anyhow::Result<wegweiser_shared::secret::SecretString> {
+        let (token, _) = self
+            .auth
+            .create_token(wegweiser_cp::enrollment::NewToken {
+                tenant: tenant.clone(),
+                organization: None,
+                group: None,
+                ttl_secs: None,
+                max_uses: Some(uses),
+                label: String::new(),
+            })
+            .await?;
+        Ok(token)
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")

@@ -9,7 +9,6 @@ use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
-use wegweiser_cp::{authority::NewTenant, enrollment::NewToken};
 use wegweiser_shared::ids::{DeviceId, TenantId};
 use wegweiser_tests::{Platform, PlatformOptions};
 
@@ -92,32 +91,13 @@ async fn setup(ttl: Option<i64>) -> (Platform, TenantId, wegweiser_cp::cli::Serv
     })
     .await
     .unwrap();
-    let t = p
-        .auth
-        .create_tenant(NewTenant {
-            id: "acme".parse().unwrap(),
-            name: None,
-            limits: None,
-        })
-        .await
-        .unwrap();
+    let t = p.tenant("acme").await.unwrap();
     let tasks = p.serve().await.unwrap();
     (p, t.id, tasks)
 }
 
 async fn enroll_agent(p: &Platform, tenant: &TenantId, state: &Path) -> DeviceId {
-    let (token, _) = p
-        .auth
-        .create_token(NewToken {
-            tenant: tenant.clone(),
-            organization: None,
-            group: None,
-            ttl_secs: None,
-            max_uses: Some(1),
-            label: String::new(),
-        })
-        .await
-        .unwrap();
+    let token = p.token(tenant, 1).await.unwrap();
     let mut c = agent(state);
     c.args(["--json", "enroll", "--url", &p.https_url(), "--ca-file"])
         .arg(&p.ca)

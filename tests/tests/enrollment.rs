@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 use wegweiser_cp::{
-    authority::NewTenant,
     config::EnrollmentConfig,
     enrollment::{DeviceState, NewToken},
 };
@@ -44,15 +43,7 @@ fn body_raw(token: &str, key: &str, machine: &str) -> Vec<u8> {
 
 async fn setup(opts: PlatformOptions) -> (Platform, TenantId, wegweiser_cp::cli::ServiceTasks) {
     let p = Platform::start_with(opts).await.unwrap();
-    let t = p
-        .auth
-        .create_tenant(NewTenant {
-            id: "acme".parse().unwrap(),
-            name: None,
-            limits: None,
-        })
-        .await
-        .unwrap();
+    let t = p.tenant("acme").await.unwrap();
     let tasks = p.serve().await.unwrap();
     (p, t.id, tasks)
 }

@@ -5,7 +5,7 @@
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use std::{sync::Arc, time::Duration};
-use wegweiser_cp::{authority::NewTenant, enrollment::NewToken, tenant::TechnicianScope};
+use wegweiser_cp::tenant::TechnicianScope;
 use wegweiser_shared::{enroll::DeviceFacts, ids::DeviceId, telemetry::Kind};
 use wegweiser_tests::{Platform, UserConn, enroll_body};
 
@@ -14,18 +14,7 @@ async fn device(
     tenant: &wegweiser_shared::ids::TenantId,
     machine: &str,
 ) -> (DeviceId, UserConn) {
-    let (tok, _) = p
-        .auth
-        .create_token(NewToken {
-            tenant: tenant.clone(),
-            organization: None,
-            group: None,
-            ttl_secs: None,
-            max_uses: Some(1),
-            label: String::new(),
-        })
-        .await
-        .unwrap();
+    let tok = p.token(tenant, 1).await.unwrap();
     let kp = Arc::new(nkeys::KeyPair::new_user());
     let facts = DeviceFacts {
         hostname: machine.into(),
@@ -78,15 +67,7 @@ async fn report(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_are_acknowledged_watched_in_scope_and_purged_per_device() {
     let p = Platform::start().await.unwrap();
-    let t = p
-        .auth
-        .create_tenant(NewTenant {
-            id: "acme".parse().unwrap(),
-            name: None,
-            limits: None,
-        })
-        .await
-        .unwrap();
+    let t = p.tenant("acme").await.unwrap();
     let _tasks = p.serve().await.unwrap();
     let (d1, c1) = device(&p, &t.id, "m1").await;
     let (d2, c2) = device(&p, &t.id, "m2").await;
