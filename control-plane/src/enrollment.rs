@@ -211,8 +211,7 @@ impl EnrollError {
 
 /// SHA-256 of a token, hex: its KV key.
 pub fn token_hash(token: &str) -> String {
-    let h = Sha256::digest(token.as_bytes());
-    h.iter().map(|b| format!("{b:02x}")).collect()
+    wegweiser_shared::enroll::token_hash(token)
 }
 
 fn device_key(tenant: &TenantId, device: &DeviceId) -> String {
@@ -222,7 +221,7 @@ fn device_key(tenant: &TenantId, device: &DeviceId) -> String {
 fn machine_key(tenant: &TenantId, machine_id: &str) -> String {
     format!(
         "{tenant}.{}",
-        token_hash(&format!("{tenant}\n{machine_id}"))
+        wegweiser_shared::enroll::hex(&Sha256::digest(format!("{tenant}\n{machine_id}")))
     )
 }
 
@@ -252,7 +251,10 @@ impl Authority {
             });
         }
         let bytes: [u8; 20] = rand::random();
-        let token = SecretString::new(format!("{TOKEN_PREFIX}{}", data_encoding_lower(&bytes)));
+        let token = SecretString::new(format!(
+            "{TOKEN_PREFIX}{}",
+            wegweiser_shared::enroll::hex(&bytes)
+        ));
         let hash = token_hash(token.expose());
         let now = time::now();
         let rec = TokenRecord {
@@ -855,8 +857,4 @@ impl Authority {
             }
         }
     }
-}
-
-fn data_encoding_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

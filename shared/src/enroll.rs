@@ -105,10 +105,26 @@ pub struct KeyProof {
 /// What an enrolling device signs: binds the token (by hash, so the signature reveals nothing),
 /// the machine and the new key.
 pub fn enroll_proof_message(token: &str, machine_id: &str, new_key: &UserKey) -> Vec<u8> {
+    let hash = token_hash(token);
+    format!("wegweiser/enroll/v1\n{hash}\n{machine_id}\n{new_key}").into_bytes()
+}
+
+/// SHA-256 of an enrollment token, lowercase hex: what the control plane stores (its key) and
+/// what the proof message carries, never the token itself.
+pub fn token_hash(token: &str) -> String {
     use sha2::Digest;
-    let h = sha2::Sha256::digest(token.as_bytes());
-    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    format!("wegweiser/enroll/v1\n{hex}\n{machine_id}\n{new_key}").into_bytes()
+    hex(&sha2::Sha256::digest(token.as_bytes()))
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Signs `message` with `key` (base64url, no padding), for [`EnrollRequest::proof`] and
@@ -204,6 +220,15 @@ pub enum RenewResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_hash_is_sha256_hex() {
+        assert_eq!(
+            token_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+    }
 
     #[test]
     fn facts_are_bounded() {

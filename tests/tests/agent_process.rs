@@ -133,6 +133,22 @@ fn configure(state: &Path, rotate: bool) {
     std::fs::write(&cfg, toml::to_string(&v).unwrap()).unwrap();
 }
 
+/// The control plane's view of one device's heartbeats.
+async fn heartbeats(
+    p: &Platform,
+    account: &wegweiser_shared::ids::AccountKey,
+    device: &DeviceId,
+) -> async_nats::Subscriber {
+    let sub = p
+        .auth
+        .cp_client()
+        .subscribe(format!("wg.{account}.up.{device}.tel.hb"))
+        .await
+        .unwrap();
+    p.auth.cp_client().flush().await.unwrap();
+    sub
+}
+
 async fn next_heartbeat(
     sub: &mut async_nats::Subscriber,
     within: Duration,
@@ -171,13 +187,7 @@ async fn an_enrolled_agent_reports_and_keeps_its_identity_across_restarts() {
     fast_heartbeats(&state);
 
     let account = p.auth.tenant(&tenant).await.unwrap().account;
-    let mut hb = p
-        .auth
-        .cp_client()
-        .subscribe(format!("wg.{account}.up.{device}.tel.hb"))
-        .await
-        .unwrap();
-    p.auth.cp_client().flush().await.unwrap();
+    let mut hb = heartbeats(&p, &account, &device).await;
     let run = Running::start(&state);
     let first = next_heartbeat(&mut hb, Duration::from_secs(15))
         .await
@@ -258,13 +268,7 @@ async fn short_lived_credentials_renew_across_a_control_plane_restart() {
         .0
         .public_key;
     let account = p.auth.tenant(&tenant).await.unwrap().account;
-    let mut hb = p
-        .auth
-        .cp_client()
-        .subscribe(format!("wg.{account}.up.{device}.tel.hb"))
-        .await
-        .unwrap();
-    p.auth.cp_client().flush().await.unwrap();
+    let mut hb = heartbeats(&p, &account, &device).await;
     let mut run = Running::start(&state);
     next_heartbeat(&mut hb, Duration::from_secs(15))
         .await
@@ -327,13 +331,7 @@ async fn a_revoked_agent_is_dropped_and_stops_asking_for_a_new_token() {
     let device = enroll_agent(&p, &tenant, &state).await;
     fast_heartbeats(&state);
     let account = p.auth.tenant(&tenant).await.unwrap().account;
-    let mut hb = p
-        .auth
-        .cp_client()
-        .subscribe(format!("wg.{account}.up.{device}.tel.hb"))
-        .await
-        .unwrap();
-    p.auth.cp_client().flush().await.unwrap();
+    let mut hb = heartbeats(&p, &account, &device).await;
     let mut run = Running::start(&state);
     next_heartbeat(&mut hb, Duration::from_secs(15))
         .await
