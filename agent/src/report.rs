@@ -313,6 +313,7 @@ impl Reporter {
             jwt_expires_at,
             spool_depth: spool.len(),
             keyset_version: None,
+            commands_rejected: 0,
         })
         .await
     }

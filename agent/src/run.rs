@@ -957,6 +957,7 @@ mod tests {
             jwt_expires_at: 1800,
             spool_depth: 0,
             keyset_version: None,
+            commands_rejected: 0,
         };
         let v = serde_json::to_value(&hb).unwrap();
         assert_eq!(

@@ -166,9 +166,10 @@ pub struct EnrollResponse {
     /// Whether this machine was enrolled before (same tenant and machine id).
     #[serde(default)]
     pub reenrolled: bool,
-    /// Trust material for signed commands (root and keyset), when available.
+    /// Trust material for signed commands: the root chain and the current keyset. The agent
+    /// pins the first root (its channel is this authenticated HTTPS answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trust: Option<serde_json::Value>,
+    pub trust: Option<crate::trust::TrustBundle>,
 }
 
 /// A JSON error body: a stable code and a message that says what to do.

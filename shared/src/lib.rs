@@ -27,7 +27,9 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod command;
 pub mod creds;
+pub mod dsse;
 pub mod enroll;
 pub mod ids;
 pub mod jwt;
@@ -35,3 +37,4 @@ pub mod secret;
 pub mod subject;
 pub mod telemetry;
 pub mod time;
+pub mod trust;

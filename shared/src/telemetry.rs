@@ -26,6 +26,8 @@ pub enum Kind {
     Metrics,
     /// [`Event`].
     Event,
+    /// [`crate::command::CommandResult`].
+    Result,
 }
 
 impl Kind {
@@ -36,6 +38,7 @@ impl Kind {
             Self::Inventory => "inv",
             Self::Metrics => "met",
             Self::Event => "evt",
+            Self::Result => "res",
         }
     }
 
@@ -46,6 +49,7 @@ impl Kind {
             "inv" => Self::Inventory,
             "met" => Self::Metrics,
             "evt" => Self::Event,
+            "res" => Self::Result,
             _ => return None,
         })
     }
@@ -73,9 +77,12 @@ pub struct Heartbeat {
     /// Reports waiting in the offline spool.
     #[serde(default)]
     pub spool_depth: u64,
-    /// Version of the command keyset the agent trusts, once signed commands exist.
+    /// Version of the command keyset the agent trusts (absent before it has one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyset_version: Option<u64>,
+    /// Commands refused since the agent started.
+    #[serde(default)]
+    pub commands_rejected: u64,
 }
 
 /// A disk (or mount).
@@ -296,6 +303,30 @@ pub enum EventKind {
         /// What went wrong.
         message: String,
     },
+    /// A command was refused (a security event).
+    CommandRejected {
+        /// The reason code ([`crate::command::Reject::code`]).
+        reason: String,
+        /// Detail for people.
+        detail: String,
+        /// The command id, when its signature verified.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command_id: Option<String>,
+    },
+    /// Trust material (root or keyset) was refused (a security event).
+    TrustRejected {
+        /// The reason code ([`crate::trust::TrustError::code`]).
+        reason: String,
+        /// Detail for people.
+        detail: String,
+    },
+    /// The agent moved to a newer root or keyset.
+    TrustUpdated {
+        /// Root version now trusted.
+        root_version: u64,
+        /// Keyset version now trusted.
+        keyset_version: u64,
+    },
     /// An event kind this reader does not know (newer agent).
     #[serde(other)]
     Unknown,
@@ -307,7 +338,13 @@ mod tests {
 
     #[test]
     fn kinds_map_to_subject_tokens_and_back() {
-        for k in [Kind::Heartbeat, Kind::Inventory, Kind::Metrics, Kind::Event] {
+        for k in [
+            Kind::Heartbeat,
+            Kind::Inventory,
+            Kind::Metrics,
+            Kind::Event,
+            Kind::Result,
+        ] {
             assert_eq!(Kind::from_token(k.token()), Some(k));
         }
         assert_eq!(Kind::from_token("renew"), None);
