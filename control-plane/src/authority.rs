@@ -156,6 +156,12 @@ pub enum AuthorityError {
     /// The KV store failed.
     #[error("control-plane store: {0}")]
     Store(String),
+    /// Command trust (root, keyset, command keys).
+    #[error("{0}")]
+    Trust(String),
+    /// A command could not be sent.
+    #[error("{0}")]
+    Command(String),
 }
 
 /// A requested lifetime, defaulting to and capped by the configured one.
@@ -272,6 +278,8 @@ pub(crate) struct Inner {
     pub(crate) devices: kv::Store,
     pub(crate) machines: kv::Store,
     pub(crate) blocks: kv::Store,
+    pub(crate) trust: kv::Store,
+    pub(crate) trust_cache: std::sync::Mutex<crate::trust::TrustCache>,
     pub(crate) audit: crate::audit::Audit,
     pub(crate) signers:
         std::sync::Mutex<std::collections::HashMap<TenantId, (u64, Arc<TenantSigner>)>>,
@@ -471,6 +479,16 @@ impl Authority {
             Some(Duration::from_secs(8 * 86_400)),
         )
         .await?;
+        let trust = bucket(
+            &js,
+            crate::trust::TRUST_BUCKET,
+            "Trust root chain and command keyset (command keys sealed)",
+            16,
+            replicas,
+            None,
+        )
+        .await?;
+        crate::commands::open_log(&js, replicas).await?;
         let audit = crate::audit::Audit::open(&js, replicas).await?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -485,6 +503,8 @@ impl Authority {
                 devices,
                 machines,
                 blocks,
+                trust,
+                trust_cache: Default::default(),
                 audit,
                 signers: Default::default(),
                 accounts: Default::default(),

@@ -70,6 +70,11 @@ pub enum Command {
         #[arg(long)]
         device: Option<DeviceId>,
     },
+    /// Command trust: root of trust, keyset, command keys and their rotation.
+    #[command(subcommand)]
+    Keys(crate::cli_commands::KeysCommand),
+    /// Send a signed command to devices and wait for their results.
+    Cmd(crate::cli_commands::CmdArgs),
     /// Revoke a user: its JWTs stop working and live connections are dropped at once.
     Revoke {
         /// Tenant id.
@@ -108,6 +113,12 @@ pub struct InitArgs {
     /// Port of the control plane's HTTPS server (needs the TLS options; same certificate).
     #[arg(long, default_value_t = 8443)]
     pub http_port: u16,
+    /// Signatures the command trust root needs (t of --root-keys).
+    #[arg(long, default_value_t = 1)]
+    pub root_threshold: u32,
+    /// Keys of the command trust root (kept in keys/root; may be moved offline).
+    #[arg(long, default_value_t = 1)]
+    pub root_keys: usize,
 }
 
 /// `up` options.
@@ -370,7 +381,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     }
 }
 
-fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
+pub(crate) fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
     if json {
         println!(
             "{}",
@@ -398,6 +409,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 server_name: a.server_name,
                 http_port: Some(a.http_port),
+                root_threshold: a.root_threshold,
+                root_keys: a.root_keys,
             };
             let report = init::run(&opts)?;
             print(json, &report, || {
@@ -452,6 +465,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant(t) => tenant(&data_dir, t, json).await,
         Command::Token(t) => token(&data_dir, t, json).await,
         Command::Device(d) => device(&data_dir, d, json).await,
+        Command::Keys(k) => crate::cli_commands::keys(&data_dir, k, json).await,
+        Command::Cmd(c) => crate::cli_commands::cmd(&data_dir, c, json).await,
         Command::Watch { tenant, device } => watch(&data_dir, tenant, device, json).await,
         Command::Issue(i) => issue(&data_dir, i, json).await,
         Command::Revoke { tenant, user } => {
@@ -930,7 +945,7 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
 async fn serve(data_dir: &Path) -> anyhow::Result<()> {
     let auth = Authority::open(data_dir).await?;
     let repaired = reconcile(&auth).await?;
-    let tasks = start_service(&auth).await?;
+    let tasks = start_service(&auth, &crate::trust::root_dir(data_dir)).await?;
     tracing::info!(
         nats = %auth.config().nats_url,
         repaired,
@@ -951,10 +966,27 @@ pub struct ServiceTasks {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Starts the renewal responder, the HTTPS server (when configured) and the reconciler.
-pub async fn start_service(auth: &Authority) -> anyhow::Result<ServiceTasks> {
+/// Starts the renewal and trust responders, the telemetry ingest, the trust driver (signing
+/// with the root keys in `root_dir`), the HTTPS server (when configured) and the reconciler.
+/// Creates the first command keyset if there is none.
+pub async fn start_service(auth: &Authority, root_dir: &Path) -> anyhow::Result<ServiceTasks> {
+    if auth.trust_bootstrap(root_dir).await? {
+        tracing::info!("Created the first command keyset.");
+    }
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    let a = auth.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = crate::service::run_trust_responder(a).await {
+            tracing::error!(error = %e, "The trust responder stopped.");
+        }
+    }));
+    let (a, dir) = (auth.clone(), root_dir.to_owned());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = crate::service::run_trust_driver(a, dir).await {
+            tracing::error!(error = %e, "The trust driver stopped.");
+        }
+    }));
     let mut http_task = None;
     let a = auth.clone();
     tasks.push(tokio::spawn(async move {
@@ -1037,6 +1069,8 @@ async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
             }),
             server_name: "wegweiser".into(),
             http_port: Some(a.http_port),
+            root_threshold: 1,
+            root_keys: 1,
         })?;
     }
     let cfg = Config::load(data_dir)?;
@@ -1069,7 +1103,7 @@ async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let tasks = start_service(&auth).await?;
+    let tasks = start_service(&auth, &crate::trust::root_dir(data_dir)).await?;
     let (token, _) = auth
         .create_token(crate::enrollment::NewToken {
             tenant: tenant.id.clone(),

@@ -107,6 +107,77 @@ pub struct Config {
     /// Enrollment policy: token defaults, rate limits, blocking, allow and deny lists.
     #[serde(default)]
     pub enrollment: EnrollmentConfig,
+    /// Signed commands: keyset lifetime, rotation grace, command lifetime.
+    #[serde(default)]
+    pub trust: TrustConfig,
+}
+
+/// `[trust]`: command keys and signed commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Lifetime of a signed keyset, seconds (default 30 days); re-signed at half of it.
+    #[serde(default = "default_keyset_ttl")]
+    pub keyset_ttl_secs: i64,
+    /// Longest wait in a command key rotation for online devices to report the new keyset
+    /// before signing with the new key anyway, seconds (default 1 h).
+    #[serde(default = "default_rotation_grace")]
+    pub rotation_grace_secs: i64,
+    /// Lifetime of a signed command, seconds (default 300, at most 900).
+    #[serde(default = "default_command_lifetime")]
+    pub command_lifetime_secs: i64,
+    /// How often the trust driver checks rotations and expiry, seconds (default 10).
+    #[serde(default = "default_trust_check")]
+    pub check_secs: u64,
+}
+
+fn default_keyset_ttl() -> i64 {
+    30 * 86_400
+}
+fn default_rotation_grace() -> i64 {
+    3600
+}
+fn default_command_lifetime() -> i64 {
+    wegweiser_shared::command::DEFAULT_LIFETIME_SECS
+}
+fn default_trust_check() -> u64 {
+    10
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        Self {
+            keyset_ttl_secs: default_keyset_ttl(),
+            rotation_grace_secs: default_rotation_grace(),
+            command_lifetime_secs: default_command_lifetime(),
+            check_secs: default_trust_check(),
+        }
+    }
+}
+
+impl TrustConfig {
+    /// Every problem with these settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(60..=365 * 86_400).contains(&self.keyset_ttl_secs) {
+            p.push("trust.keyset_ttl_secs must be 60..=31536000".to_owned());
+        }
+        if !(0..=30 * 86_400).contains(&self.rotation_grace_secs) {
+            p.push("trust.rotation_grace_secs must be 0..=2592000".to_owned());
+        }
+        if !(10..=wegweiser_shared::command::MAX_LIFETIME_SECS)
+            .contains(&self.command_lifetime_secs)
+        {
+            p.push(format!(
+                "trust.command_lifetime_secs must be 10..={}",
+                wegweiser_shared::command::MAX_LIFETIME_SECS
+            ));
+        }
+        if !(1..=3600).contains(&self.check_secs) {
+            p.push("trust.check_secs must be 1..=3600".to_owned());
+        }
+        p
+    }
 }
 
 /// `[http]`: the control plane's HTTPS server.
@@ -243,6 +314,7 @@ impl Config {
             device_nats_urls: Vec::new(),
             http: None,
             enrollment: EnrollmentConfig::default(),
+            trust: TrustConfig::default(),
         }
     }
 
@@ -374,6 +446,7 @@ impl Config {
                 .into_iter()
                 .map(|s| format!("tenant_defaults.{s}")),
         );
+        p.extend(self.trust.problems());
         p
     }
 }

@@ -690,6 +690,14 @@ impl Authority {
             "hostname": req.facts.hostname,
         });
         self.inner.audit.record(a).await;
+        let trust = match self.trust_bundle().await {
+            Ok(b) => Some((*b).clone()),
+            Err(e) => {
+                // The agent then fetches it over NATS at its first connect.
+                tracing::warn!(error = %e, "Enrollment answered without trust material.");
+                None
+            }
+        };
         Ok(EnrollResponse {
             device_id: plan.device,
             tenant: tenant_id.clone(),
@@ -699,7 +707,7 @@ impl Authority {
             nats_urls: self.inner.cfg.device_urls(),
             nats_ca_pem: plan.ca,
             reenrolled,
-            trust: None,
+            trust,
         })
     }
 

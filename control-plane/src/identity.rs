@@ -144,6 +144,7 @@ impl ServiceUser {
                     "$JS.FC.>",
                     subject::EXPORT_DOWN,
                     "wgcp.audit.>",
+                    "wgcp.cmd.>",
                     // Replies to requests that came in through the up service import: the
                     // server maps them to `_R_.…` subjects in this account.
                     "_R_.>",

@@ -44,6 +44,10 @@ pub struct InitOptions {
     pub server_name: String,
     /// Port of the control plane's HTTPS server (written to `wegweiser.toml` when TLS is given).
     pub http_port: Option<u16>,
+    /// Signatures the trust root needs (`t` of [`InitOptions::root_keys`]).
+    pub root_threshold: u32,
+    /// Keys of the trust root.
+    pub root_keys: usize,
 }
 
 /// TLS material for nats-server.
@@ -197,6 +201,20 @@ pub fn run(opts: &InitOptions) -> Result<InitReport, InitError> {
     let sys_signing = seed(files::SYSTEM_SIGNING, SeedKind::Account)?;
     let cp = seed(files::CP_ACCOUNT, SeedKind::Account)?;
     let cp_signing = seed(files::CP_SIGNING, SeedKind::Account)?;
+    let root_dir = crate::trust::root_dir(&data_dir);
+    match crate::trust::create_root(&root_dir, opts.root_threshold, opts.root_keys) {
+        Ok(true) => created.push(format!(
+            "keys/root ({} of {} root keys)",
+            opts.root_threshold, opts.root_keys
+        )),
+        Ok(false) => kept.push("keys/root".to_owned()),
+        Err(e) => {
+            return Err(InitError::Io {
+                path: root_dir.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            });
+        }
+    }
     if !from_env {
         if ks.create_master_key_file()? {
             created.push(format!("keys/{}", files::MASTER_KEY));

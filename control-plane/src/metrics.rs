@@ -26,6 +26,12 @@ pub struct Metrics {
     pub renew_ok: AtomicU64,
     /// Refused renewals by reason code.
     pub renew_refused: Mutex<BTreeMap<String, u64>>,
+    /// Keyset re-signings that failed (root keys offline or unreadable).
+    pub keyset_resign_failed: AtomicU64,
+    /// Signed commands sent.
+    pub commands_sent: AtomicU64,
+    /// Command results by outcome (`ok`, `failed`, `rejected`, `timeout`).
+    pub command_results: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
@@ -93,6 +99,24 @@ impl Metrics {
             "wegweiser_renewals_refused_total",
             "Refused renewals by reason.",
             &self.renew_refused,
+        );
+        counter(
+            &mut s,
+            "wegweiser_keyset_resign_failed_total",
+            "Keyset re-signings that failed (root keys offline or unreadable).",
+            load(&self.keyset_resign_failed),
+        );
+        counter(
+            &mut s,
+            "wegweiser_commands_sent_total",
+            "Signed commands sent to devices.",
+            load(&self.commands_sent),
+        );
+        by_reason(
+            &mut s,
+            "wegweiser_command_results_total",
+            "Command results by outcome.",
+            &self.command_results,
         );
         s
     }

@@ -24,6 +24,52 @@ struct RequestInfo {
     user: String,
 }
 
+/// Queue group shared by every control-plane replica answering trust requests.
+pub const TRUST_QUEUE: &str = "wg-trust";
+
+/// Answers trust requests (`wg.<account>.up.<device>.trust`) with the current bundle (whole
+/// root chain and keyset) until the subscription ends.
+pub async fn run_trust_responder(auth: Authority) -> anyhow::Result<()> {
+    let client = auth.cp_client().clone();
+    let mut sub = client
+        .queue_subscribe(
+            format!("wg.*.up.*.{}", wegweiser_shared::trust::TRUST_TOKEN),
+            TRUST_QUEUE.into(),
+        )
+        .await?;
+    while let Some(msg) = sub.next().await {
+        let Some(reply) = msg.reply.clone() else {
+            continue;
+        };
+        match auth.trust_bundle().await {
+            Ok(bundle) => {
+                if let Err(e) = client.publish(reply, bundle.to_vec().into()).await {
+                    tracing::warn!(error = %e, "Cannot answer a trust request.");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "Cannot load the trust bundle."),
+        }
+    }
+    Ok(())
+}
+
+/// Runs the trust driver: every `trust.check_secs`, advances command key rotations and
+/// re-signs the keyset before it expires (see [`crate::trust`]).
+pub async fn run_trust_driver(auth: Authority, root_dir: std::path::PathBuf) -> anyhow::Result<()> {
+    let every = std::time::Duration::from_secs(auth.config().trust.check_secs);
+    loop {
+        match auth.trust_tick(&root_dir).await {
+            Ok(done) => {
+                for d in done {
+                    tracing::info!(action = %d, "Trust driver.");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Trust driver step failed."),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Answers renewal requests (`wg.<account>.up.<device>.renew`) until the subscription ends.
 ///
 /// The account and device tokens of the subject are trustworthy: the export binds the account

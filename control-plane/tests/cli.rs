@@ -25,17 +25,21 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Every file of the keystore (`keys/` and `keys/root/`), by path below `keys/`.
 fn key_files(data: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<_> = std::fs::read_dir(data.join("keys"))
-        .unwrap()
-        .map(|e| {
+    let mut v = Vec::new();
+    for dir in ["", "root"] {
+        for e in std::fs::read_dir(data.join("keys").join(dir)).unwrap() {
             let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
+            if e.file_type().unwrap().is_file() {
+                let name = Path::new(dir).join(e.file_name());
+                v.push((
+                    name.to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                ));
+            }
+        }
+    }
     v.sort();
     v
 }
@@ -47,10 +51,16 @@ fn init_twice_keeps_every_key_and_writes_private_files() {
     let o = wegweiser(&data, &["--json", "init", "--port", "4999"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let first: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(first["created"].as_array().unwrap().len(), 8, "{first}");
+    assert_eq!(first["created"].as_array().unwrap().len(), 9, "{first}");
     let keys = key_files(&data);
-    assert_eq!(keys.len(), 7);
-    for (name, _) in &keys {
+    // Six seeds, the master key, one root key and the signed root document (public).
+    assert_eq!(
+        keys.len(),
+        9,
+        "{:?}",
+        keys.iter().map(|k| &k.0).collect::<Vec<_>>()
+    );
+    for (name, _) in keys.iter().filter(|(n, _)| !n.ends_with(".json")) {
         let mode = std::fs::metadata(data.join("keys").join(name))
             .unwrap()
             .permissions()
@@ -58,12 +68,10 @@ fn init_twice_keeps_every_key_and_writes_private_files() {
             & 0o777;
         assert_eq!(mode, 0o600, "{name}");
     }
-    let mode = std::fs::metadata(data.join("keys"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o700);
+    for dir in [data.join("keys"), data.join("keys").join("root")] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
 
     let o = wegweiser(&data, &["--json", "init", "--port", "4999"]);
     assert!(o.status.success(), "{}", stderr(&o));

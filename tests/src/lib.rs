@@ -4,6 +4,8 @@
 //! The nats-server binary is found through `WEGWEISER_NATS_SERVER`, then `tools/bin`, then
 //! `PATH`; without one, every test fails with a message naming `scripts/install-nats-server`.
 
+pub mod sim;
+
 use async_nats::{Client, ConnectOptions, Event};
 use std::{
     path::{Path, PathBuf},
@@ -82,6 +84,8 @@ impl Platform {
             }),
             server_name: "wegweiser-test".into(),
             http_port: Some(nats_server::free_port()?),
+            root_threshold: 1,
+            root_keys: 1,
         })?;
         if opts.enrollment.is_some()
             || opts.device_ttl.is_some()
@@ -194,10 +198,15 @@ impl Platform {
         self.dir.path().join("data")
     }
 
+    /// The directory of the trust root keys.
+    pub fn root_dir(&self) -> PathBuf {
+        wegweiser_cp::trust::root_dir(&self.data_dir())
+    }
+
     /// Starts the service parts (renewal responder, HTTPS server, reconciler) and waits until
     /// the HTTPS server answers.
     pub async fn serve(&self) -> anyhow::Result<wegweiser_cp::cli::ServiceTasks> {
-        let tasks = wegweiser_cp::cli::start_service(&self.auth).await?;
+        let tasks = wegweiser_cp::cli::start_service(&self.auth, &self.root_dir()).await?;
         let url = format!("{}/healthz", self.https_url());
         let agent = self.https();
         for _ in 0..100 {
@@ -409,6 +418,18 @@ pub fn drain(rx: &mut mpsc::UnboundedReceiver<async_nats::Message>) -> Vec<Strin
 /// Where the workspace lives (for finding binaries built by cargo).
 pub fn workspace_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// Facts of a Linux test machine named `machine` (host name and machine id).
+pub fn facts(machine: &str) -> wegweiser_shared::enroll::DeviceFacts {
+    wegweiser_shared::enroll::DeviceFacts {
+        hostname: machine.into(),
+        os: "linux".into(),
+        os_version: String::new(),
+        arch: String::new(),
+        machine_id: machine.into(),
+        agent_version: String::new(),
+    }
 }
 
 /// An enrollment request body with the proof of possession of `key` (and, for a re-enrollment,

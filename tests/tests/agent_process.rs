@@ -278,7 +278,9 @@ async fn short_lived_credentials_renew_across_a_control_plane_restart() {
     let auth2 = wegweiser_cp::authority::Authority::open(&p.data_dir())
         .await
         .unwrap();
-    let _tasks2 = wegweiser_cp::cli::start_service(&auth2).await.unwrap();
+    let _tasks2 = wegweiser_cp::cli::start_service(&auth2, &p.root_dir())
+        .await
+        .unwrap();
     // Run well past two lifetimes: heartbeats keep coming without a gap longer than the reconnect.
     let started = Instant::now();
     let mut last = Instant::now();

@@ -6,7 +6,7 @@ use async_nats::HeaderMap;
 use futures::StreamExt;
 use std::{sync::Arc, time::Duration};
 use wegweiser_cp::tenant::TechnicianScope;
-use wegweiser_shared::{enroll::DeviceFacts, ids::DeviceId, telemetry::Kind};
+use wegweiser_shared::{ids::DeviceId, telemetry::Kind};
 use wegweiser_tests::{Platform, UserConn, enroll_body};
 
 async fn device(
@@ -16,14 +16,7 @@ async fn device(
 ) -> (DeviceId, UserConn) {
     let tok = p.token(tenant, 1).await.unwrap();
     let kp = Arc::new(nkeys::KeyPair::new_user());
-    let facts = DeviceFacts {
-        hostname: machine.into(),
-        os: "linux".into(),
-        os_version: String::new(),
-        arch: String::new(),
-        machine_id: machine.into(),
-        agent_version: String::new(),
-    };
+    let facts = wegweiser_tests::facts(machine);
     let (s, v) = p
         .post_enroll(enroll_body(tok.expose(), &kp, &facts, None))
         .await
