@@ -55,7 +55,7 @@ pub struct Cli {
 pub enum Command {
     /// Enroll this device with an enrollment token (generates its key locally).
     Enroll(EnrollArgs),
-    /// Run the agent: stay connected, send heartbeats, renew credentials (until Ctrl-C/SIGTERM).
+    /// Run the agent: stay connected, send reports, renew credentials, execute signed commands (until Ctrl-C/SIGTERM).
     Run,
     /// Show enrollment, credential expiry and connection state.
     Status,
@@ -144,7 +144,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             EnrollError::AgentRunning { .. } => 1,
             EnrollError::Refused { status, .. } if *status >= 500 => EXIT_UNAVAILABLE,
             EnrollError::Refused { .. } => EXIT_REFUSED,
-            EnrollError::BadResponse { .. } => EXIT_PROTOCOL,
+            EnrollError::BadResponse { .. } | EnrollError::Trust { .. } => EXIT_PROTOCOL,
             _ => 1,
         };
     }
@@ -237,7 +237,11 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(run::run(&paths, shutdown_signal()))?;
+            // A signed `restart` command stops the agent the normal way; it then starts again
+            // here, in the same process (a service manager would not restart a clean exit).
+            while rt.block_on(run::run(&paths, shutdown_signal()))? == run::Stopped::Restart {
+                tracing::info!("Starting again.");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status => {

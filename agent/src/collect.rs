@@ -428,6 +428,30 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// The `limit` processes using the most CPU right now (ties by memory): two samples
+/// [`sysinfo::MINIMUM_CPU_UPDATE_INTERVAL`] apart, so CPU use is measured, not 0. Blocking.
+pub fn processes_by_cpu(limit: usize) -> Vec<Process> {
+    let mut system = System::new();
+    let kind = ProcessRefreshKind::nothing().with_cpu().with_memory();
+    system.refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
+    std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
+    system.refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
+    let mut list: Vec<Process> = system
+        .processes()
+        .values()
+        .filter(|p| p.thread_kind() != Some(ThreadKind::Userland))
+        .map(|p| Process {
+            pid: p.pid().as_u32(),
+            name: p.name().to_string_lossy().into_owned(),
+            cpu: finite(p.cpu_usage()),
+            memory: p.memory(),
+        })
+        .collect();
+    list.sort_by(|a, b| b.cpu.total_cmp(&a.cpu).then(b.memory.cmp(&a.memory)));
+    list.truncate(limit);
+    list
+}
+
 /// The top [`TOP_PROCESSES`] by CPU and by memory.
 fn top_processes(processes: &[Process]) -> (Vec<Process>, Vec<Process>) {
     let mut by_cpu = processes.to_vec();

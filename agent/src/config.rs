@@ -8,14 +8,25 @@
 //! nats_urls = ["tls://nats.example.net:4222"]
 //! heartbeat_secs = 30
 //! rotate_key_on_renew = false
+//! # Signed command kinds this device accepts. Default: every kind except "run".
+//! allowed_commands = ["ping", "collect", "set_intervals", "renew", "restart", "processes"]
 //! ```
+//!
+//! `allowed_commands` is local policy, checked after a command's signature, binding, time window
+//! and replay check: the control plane cannot widen it. Kinds: `ping`, `collect`,
+//! `set_intervals`, `renew`, `restart`, `processes` and `run` (a shell command: add it only on
+//! devices where the MSP's technicians may run scripts as the agent's user, root for the
+//! service).
 //!
 //! Unknown keys are refused (a typo must not silently fall back to a default), and every problem
 //! is reported at once.
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use wegweiser_shared::ids::{AccountKey, DeviceId, TenantId};
+use wegweiser_shared::{
+    command::Command,
+    ids::{AccountKey, DeviceId, TenantId},
+};
 
 /// Default seconds between heartbeats.
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 30;
@@ -23,6 +34,15 @@ pub const DEFAULT_HEARTBEAT_SECS: u64 = 30;
 pub const MAX_HEARTBEAT_SECS: u64 = 86_400;
 /// Largest accepted `agent.toml`.
 pub const MAX_CONFIG_LEN: u64 = 64 * 1024;
+/// Command kinds allowed when `allowed_commands` is not set: all but `run`.
+pub const DEFAULT_ALLOWED_COMMANDS: [&str; 6] = [
+    "ping",
+    "collect",
+    "set_intervals",
+    "renew",
+    "restart",
+    "processes",
+];
 
 /// Why `agent.toml` could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +101,10 @@ pub struct AgentConfig {
     /// start and every 24 h).
     #[serde(default = "default_inventory_check_secs")]
     pub inventory_check_secs: u64,
+    /// Signed command kinds this device accepts; `None` means
+    /// [`DEFAULT_ALLOWED_COMMANDS`] (every kind except `run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_commands: Option<Vec<String>>,
 }
 
 fn default_heartbeat_secs() -> u64 {
@@ -98,9 +122,25 @@ pub fn default_inventory_check_secs() -> u64 {
 }
 
 impl AgentConfig {
+    /// The command kinds this device accepts.
+    pub fn allowed_commands(&self) -> Vec<String> {
+        match &self.allowed_commands {
+            Some(kinds) => kinds.clone(),
+            None => DEFAULT_ALLOWED_COMMANDS.map(str::to_owned).to_vec(),
+        }
+    }
+
     /// Every problem with these values; empty when usable.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        for kind in self.allowed_commands.iter().flatten() {
+            if !Command::KINDS.contains(&kind.as_str()) {
+                p.push(format!(
+                    "allowed_commands: unknown command kind {kind:?} (known: {})",
+                    Command::KINDS.join(", ")
+                ));
+            }
+        }
         if !self.control_plane_url.starts_with("https://") {
             p.push("control_plane_url must start with https://".to_owned());
         }
@@ -171,7 +211,7 @@ impl AgentConfig {
     /// Writes the file atomically.
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
         let text = format!(
-            "# Written by `wegweiser-agent enroll`. heartbeat_secs and rotate_key_on_renew may be edited.\n{}",
+            "# Written by `wegweiser-agent enroll`. heartbeat_secs, metrics_secs, inventory_check_secs,\n# rotate_key_on_renew and allowed_commands may be edited.\n{}",
             self.to_toml()
         );
         crate::platform::write_atomic(path, text.as_bytes()).map_err(|source| ConfigError::Io {
@@ -196,7 +236,23 @@ mod tests {
             rotate_key_on_renew: false,
             metrics_secs: 60,
             inventory_check_secs: 3600,
+            allowed_commands: None,
         }
+    }
+
+    #[test]
+    fn run_is_off_unless_allowed() {
+        let mut c = sample();
+        assert!(!c.allowed_commands().contains(&"run".to_owned()));
+        assert!(c.allowed_commands().contains(&"ping".to_owned()));
+        // Not written when not set, so a later default applies.
+        assert!(!c.to_toml().contains("allowed_commands"));
+        c.allowed_commands = Some(vec!["ping".into(), "run".into()]);
+        let parsed = AgentConfig::parse(&c.to_toml(), Path::new("agent.toml")).unwrap();
+        assert_eq!(parsed.allowed_commands(), ["ping", "run"]);
+        c.allowed_commands = Some(vec!["rm_rf".into()]);
+        let e = AgentConfig::parse(&c.to_toml(), Path::new("agent.toml")).unwrap_err();
+        assert!(e.to_string().contains("rm_rf"), "{e}");
     }
 
     #[test]

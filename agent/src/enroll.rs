@@ -9,8 +9,11 @@
 //!    Without that second proof it creates a new device.
 //! 5. `POST {url}/v1/enroll` with the token, the public key, the proofs and the facts; trust only
 //!    the given CA file when there is one (else the WebPKI roots); 10 s timeout; no redirects.
-//! 6. Check the answer (the JWT must be for our key, device and account) and store seed, JWT,
-//!    CA and `agent.toml` crash-safely ([`save_enrollment`], [`store::save_enrollment_files`]).
+//! 6. Check the answer (the JWT must be for our key, device and account), pin the command trust
+//!    root it carries ([`TrustState::pin`]; a bundle that does not verify fails the enrollment;
+//!    without one, `run` pins the first bundle it fetches over NATS) and store seed, JWT, CA,
+//!    `trust.json` and `agent.toml` crash-safely ([`save_enrollment`],
+//!    [`store::save_enrollment_files`]).
 //!
 //! The token is a secret: it is never logged and no error carries it (the signed message holds
 //! only its SHA-256).
@@ -34,6 +37,7 @@ use wegweiser_shared::{
     },
     ids::UserKey,
     secret::SecretString,
+    trust::TrustState,
 };
 
 /// Timeout of the whole enrollment request.
@@ -140,6 +144,16 @@ pub enum EnrollError {
     BadResponse {
         /// What is wrong.
         why: String,
+    },
+    /// The command trust material in the answer does not verify.
+    #[error(
+        "the control plane sent command trust material that does not verify ({code}): {message}; nothing was stored; check that --url names the right control plane"
+    )]
+    Trust {
+        /// [`wegweiser_shared::trust::TrustError::code`].
+        code: &'static str,
+        /// What is wrong.
+        message: String,
     },
     /// Storing the credentials failed.
     #[error(transparent)]
@@ -326,6 +340,7 @@ pub fn save_enrollment(
             .map_or_else(crate::config::default_inventory_check_secs, |p| {
                 p.inventory_check_secs
             }),
+        allowed_commands: previous.as_ref().and_then(|p| p.allowed_commands.clone()),
     };
     let problems = config.problems();
     if !problems.is_empty() {
@@ -348,6 +363,23 @@ pub fn save_enrollment(
         &config.account,
     )
     .map_err(|e| EnrollError::BadResponse { why: e.to_string() })?;
+    let trust = match &response.trust {
+        Some(bundle) => {
+            let state = TrustState::pin(bundle, wegweiser_shared::time::now()).map_err(|e| {
+                EnrollError::Trust {
+                    code: e.code(),
+                    message: e.to_string(),
+                }
+            })?;
+            tracing::info!(
+                root_version = state.root_version(),
+                keyset_version = state.keyset_version(),
+                "Pinned the command trust root."
+            );
+            Some(crate::trust::encode(&state))
+        }
+        None => None,
+    };
 
     paths.create_dirs().map_err(|source| EnrollError::Io {
         path: paths.state_dir().display().to_string(),
@@ -355,7 +387,13 @@ pub fn save_enrollment(
     })?;
     // Also drops the previous identity's pending rotation key and its status (another device
     // or key).
-    store::save_enrollment_files(paths, &credentials, &response.nats_ca_pem, &config)?;
+    store::save_enrollment_files(
+        paths,
+        &credentials,
+        &response.nats_ca_pem,
+        &config,
+        trust.as_deref(),
+    )?;
     Ok(EnrollSummary {
         device_id: config.device_id.to_string(),
         tenant: config.tenant.to_string(),
@@ -551,6 +589,46 @@ mod tests {
     use super::*;
     use crate::testutil::Issuer;
     use wegweiser_shared::enroll::verify_proof;
+
+    #[test]
+    fn the_trust_in_the_answer_is_pinned_or_fails_the_enrollment() {
+        use crate::trust::tests::World;
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = Paths::in_dir(tmp.path().join("state"));
+        let issuer = Issuer::new();
+        let key = nkeys::KeyPair::new_user();
+        // Its keyset expires a day after the tests' NOW, which is later than the real clock.
+        let w = World::new();
+        let mut response = issuer.response(&key);
+        response.trust = Some(w.bundle());
+        save_enrollment(&paths, "https://cp", key.clone(), &response).unwrap();
+        let pinned = crate::trust::load(&paths).unwrap().unwrap();
+        assert_eq!(pinned.keyset_version(), w.keyset_version);
+
+        // A forged bundle (keyset not signed by the root) fails and stores nothing new.
+        let other = World::new();
+        let mut forged = w.bundle();
+        forged.keyset = other.bundle().keyset;
+        response.trust = Some(forged);
+        let e = save_enrollment(&paths, "https://cp", key.clone(), &response).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                EnrollError::Trust {
+                    code: "keyset_signatures",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(crate::trust::load(&paths).unwrap().is_some());
+
+        // Enrolling again without trust drops the previous identity's.
+        response.trust = None;
+        save_enrollment(&paths, "https://cp", key, &response).unwrap();
+        assert!(crate::trust::load(&paths).unwrap().is_none());
+        assert!(!store::staged(&paths.trust_file()).exists());
+    }
 
     #[test]
     fn saves_an_enrollment_response() {

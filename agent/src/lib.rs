@@ -1,9 +1,12 @@
 //! The Wegweiser agent: enrolls a device, keeps it connected to its tenant's NATS account,
-//! sends heartbeats and renews its credentials.
+//! sends reports, renews its credentials and executes signed commands.
 //!
 //! - [`enroll`]: trade an enrollment token for a device identity (HTTPS); the key is made here
-//!   and its seed never leaves the device.
+//!   and its seed never leaves the device; the command trust root is pinned here.
 //! - [`run`]: the service loop (NATS over TLS, heartbeats, renewal, key rotation, shutdown).
+//! - [`commands`]: signed commands (verify, replay check, local policy, execute, answer);
+//!   [`trust`]: the pinned trust root and keyset (`trust.json`); [`replay`]: the command ids
+//!   seen (`commands.seen`).
 //! - [`status`]: `status.json` and the `status` report.
 //! - [`report`]: reports through the offline [`spool`], delivered with JetStream acknowledgements.
 //! - [`paths`], [`config`], [`store`]: where files live, `agent.toml`, seed and JWT on disk.
@@ -37,11 +40,13 @@ extern crate async_nats_lean as async_nats;
 
 pub mod cli;
 pub mod collect;
+pub mod commands;
 pub mod config;
 pub mod enroll;
 pub mod facts;
 pub mod paths;
 pub mod platform;
+pub mod replay;
 pub mod report;
 pub mod run;
 pub mod schedule;
@@ -49,6 +54,7 @@ pub mod service;
 pub mod spool;
 pub mod status;
 pub mod store;
+pub mod trust;
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -8,7 +8,8 @@
 //!
 //! Files: `agent.toml`, `device.nk` (seed, owner-only), `device.jwt` (owner-only), `nats-ca.pem`,
 //! `status.json` (written by `run`), `run.lock` (held by the running agent), `device.nk.next` (the
-//! pending key of a key rotation, owner-only), and while an enrollment is being stored the same
+//! pending key of a key rotation, owner-only), `trust.json` (the pinned command trust root and
+//! keyset, owner-only), `commands.seen` (the replay cache of command ids, owner-only), and while an enrollment is being stored the same
 //! names with `.new` appended (see [`crate::store`]).
 
 use std::{
@@ -34,6 +35,10 @@ pub const STATUS_FILE: &str = "status.json";
 pub const LOCK_FILE: &str = "run.lock";
 /// The offline spool's directory, in the state directory.
 pub const SPOOL_DIR: &str = "spool";
+/// The trusted command root and keyset ([`wegweiser_shared::trust::TrustState::saved`]).
+pub const TRUST_FILE: &str = "trust.json";
+/// Ids of the commands seen and not yet expired (the replay cache).
+pub const REPLAY_FILE: &str = "commands.seen";
 
 /// Why no location could be chosen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -183,6 +188,16 @@ impl Paths {
     pub fn spool_dir(&self) -> PathBuf {
         self.state_dir.join(SPOOL_DIR)
     }
+
+    /// `trust.json`.
+    pub fn trust_file(&self) -> PathBuf {
+        self.state_dir.join(TRUST_FILE)
+    }
+
+    /// `commands.seen`.
+    pub fn replay_file(&self) -> PathBuf {
+        self.state_dir.join(REPLAY_FILE)
+    }
 }
 
 #[cfg(test)]
@@ -214,6 +229,8 @@ mod tests {
         assert_eq!(p.ca_file(), Path::new("/srv/agent/nats-ca.pem"));
         assert_eq!(p.status_file(), Path::new("/srv/agent/status.json"));
         assert_eq!(p.spool_dir(), Path::new("/srv/agent/spool"));
+        assert_eq!(p.trust_file(), Path::new("/srv/agent/trust.json"));
+        assert_eq!(p.replay_file(), Path::new("/srv/agent/commands.seen"));
     }
 
     #[test]

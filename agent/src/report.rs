@@ -2,7 +2,7 @@
 //! leaves it only once JetStream has acknowledged it.
 //!
 //! - [`Reporter::send`] (and [`Reporter::heartbeat`], [`Reporter::inventory`],
-//!   [`Reporter::metrics`], [`Reporter::event`]) gives the report the spool's next sequence
+//!   [`Reporter::metrics`], [`Reporter::event`], [`Reporter::result`]) gives the report the spool's next sequence
 //!   number (so the `seq` in the payload is the spool's), serializes it, refuses it above
 //!   [`telemetry::MAX_REPORT_BYTES`] and pushes it with its subject
 //!   `wg.<account>.up.<device>.tel.<kind>` and message id `<device>-<seq>`. When the spool had to
@@ -35,6 +35,7 @@ use std::{
 };
 use tokio::sync::Notify;
 use wegweiser_shared::{
+    command::CommandResult,
     ids::{AccountKey, DeviceId},
     subject::{self, Token},
     telemetry::{
@@ -195,6 +196,15 @@ pub fn report_subject(account: &AccountKey, device: &DeviceId, kind: Kind) -> St
     )
 }
 
+/// What a heartbeat says about signed commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeartbeatExtras {
+    /// The trusted keyset's version, once one is pinned.
+    pub keyset_version: Option<u64>,
+    /// Commands refused since the agent started.
+    pub commands_rejected: u64,
+}
+
 /// Sends reports through the offline spool. Share it in an [`Arc`].
 #[derive(Debug)]
 pub struct Reporter {
@@ -303,8 +313,22 @@ impl Reporter {
         self.send(Kind::Event, move |seq| event(seq, what)).await
     }
 
+    /// Spools a command result (its `v` and `seq` are set here) on `tel.res`.
+    pub async fn result(&self, mut result: CommandResult) -> Result<u64, ReportError> {
+        self.send(Kind::Result, move |seq| {
+            result.v = VERSION;
+            result.seq = seq;
+            result
+        })
+        .await
+    }
+
     /// Spools a heartbeat, with the spool's depth (before it) as `spool_depth`.
-    pub async fn heartbeat(&self, jwt_expires_at: i64) -> Result<u64, ReportError> {
+    pub async fn heartbeat(
+        &self,
+        jwt_expires_at: i64,
+        extras: HeartbeatExtras,
+    ) -> Result<u64, ReportError> {
         self.push(Kind::Heartbeat, move |seq, spool| Heartbeat {
             v: VERSION,
             seq,
@@ -312,8 +336,8 @@ impl Reporter {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             jwt_expires_at,
             spool_depth: spool.len(),
-            keyset_version: None,
-            commands_rejected: 0,
+            keyset_version: extras.keyset_version,
+            commands_rejected: extras.commands_rejected,
         })
         .await
     }
@@ -357,6 +381,16 @@ impl Reporter {
         })
         .await
         .map_err(|e| ReportError::Task(e.to_string()))
+    }
+
+    /// Every record waiting in the spool (tests look at what was reported).
+    #[cfg(test)]
+    pub(crate) fn spooled(&self) -> Vec<Record> {
+        self.spool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .peek(usize::MAX)
+            .unwrap_or_default()
     }
 
     /// Writes the spool depth to `status.json` when it changed.
@@ -569,6 +603,7 @@ mod tests {
             (Kind::Inventory, "inv"),
             (Kind::Metrics, "met"),
             (Kind::Event, "evt"),
+            (Kind::Result, "res"),
         ] {
             assert_eq!(
                 report_subject(a, d, kind),
@@ -587,7 +622,15 @@ mod tests {
         })
         .await
         .unwrap();
-        r.heartbeat(99).await.unwrap();
+        r.heartbeat(
+            99,
+            HeartbeatExtras {
+                keyset_version: Some(4),
+                commands_rejected: 2,
+            },
+        )
+        .await
+        .unwrap();
         let seq = r
             .send(Kind::Metrics, |seq| serde_json::json!({"v": 1, "seq": seq}))
             .await
@@ -604,6 +647,7 @@ mod tests {
         }
         let hb: Heartbeat = serde_json::from_slice(&records[1].payload).unwrap();
         assert_eq!((hb.spool_depth, hb.jwt_expires_at), (1, 99));
+        assert_eq!((hb.keyset_version, hb.commands_rejected), (Some(4), 2));
         let ev: Event = serde_json::from_slice(&records[0].payload).unwrap();
         assert!(matches!(ev.what, EventKind::AgentStart { .. }));
 

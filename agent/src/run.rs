@@ -9,7 +9,15 @@
 //!   `spool_corrupt` / `spool_overflow` events when the spool loses records, `agent_stop` on
 //!   shutdown.
 //! - **Heartbeats** on `wg.<account>.up.<device>.tel.hb` at every connect and every
-//!   `heartbeat_secs` while connected, with the spool's depth.
+//!   `heartbeat_secs` while connected, with the spool's depth, the trusted command keyset's
+//!   version and the count of refused commands.
+//! - **Signed commands** ([`crate::commands`]): a task verifies, refuses or executes the commands
+//!   on `wg.<account>.down.<device>.cmd` and keeps the command trust current (pushes on `.trust`,
+//!   a fetch at every connect and every hour). Commands reach the rest of the agent through
+//!   hooks: `collect` asks the collection loop for a report now, `set_intervals` changes the
+//!   heartbeat and metrics intervals (a `watch` both loops read) until the agent restarts,
+//!   `renew` wakes the renewal loop, and `restart` stops the agent the normal way with
+//!   [`Stopped::Restart`] (the command line then runs it again in the same process).
 //! - **Renewal** at about half of the remaining lifetime (±10 %), by request on
 //!   `wg.<account>.up.<device>.renew`, optionally moving to a new key; the new credentials are
 //!   stored, swapped in, and a reconnect makes the server see them. Transport failures are
@@ -24,8 +32,8 @@
 //!   drops the connection ("User Authentication Revoked") and the device can no longer reach the
 //!   renewal responder. When the server reports the key the connection presented as revoked,
 //!   the agent stops the same way (code `revoked`, exit code 78) instead of retrying forever.
-//! - **Shutdown** when the given future completes: spool `agent_stop`, give delivery up to
-//!   [`DRAIN_GRACE`] to empty the spool, flush, drain, write `stopped`.
+//! - **Shutdown** when the given future completes (or a `restart` command): spool `agent_stop`,
+//!   give delivery up to [`DRAIN_GRACE`] to empty the spool, flush, drain, write `stopped`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wegweiser_agent::run::RunError> {
@@ -41,9 +49,10 @@
 //! ```
 
 use crate::{
+    commands::{self, AgentExecutor, CollectRequest, CommandStats, Hooks, Intervals},
     config::AgentConfig,
     paths::Paths,
-    report::{ReportError, Reporter},
+    report::{HeartbeatExtras, ReportError, Reporter},
     schedule,
     status::{State, StatusFile},
     store::{self, Credentials, StoreError},
@@ -58,8 +67,9 @@ use std::{
     },
     time::Duration,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, watch};
 use wegweiser_shared::{
+    command::{CollectWhat, Expected},
     enroll::{NewKey, RENEW_TOKEN, RenewRequest, RenewResponse, new_key_proof_message, sign_proof},
     ids::{DeviceId, UserKey},
     secret::SecretString,
@@ -86,6 +96,16 @@ const MAX_RENEW_RESPONSE: usize = 64 * 1024;
 /// Longest single sleep while waiting for a renewal: the wall clock is checked again after it,
 /// so a machine that slept (suspend) renews on time.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// How the agent stopped, when it was not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stopped {
+    /// The shutdown future completed (signal, service stop).
+    Shutdown,
+    /// A signed `restart` command: run the agent again.
+    Restart,
+}
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +197,14 @@ struct Shared {
     closed: Notify,
     /// Signalled when the server revoked the key the connection presented.
     revoked: Notify,
+    /// Signalled on every connect: fetch the command trust.
+    trust_refresh: Arc<Notify>,
+    /// Signalled once a `restart` command's result is spooled.
+    restart: Arc<Notify>,
+    /// Bumped by a `renew` command.
+    renew_now: Arc<watch::Sender<u64>>,
+    /// Command counters and trusted versions (heartbeats, status).
+    commands: Arc<CommandStats>,
     /// The file `status` reads.
     status: StatusFile,
     /// This device.
@@ -199,9 +227,10 @@ impl Shared {
     }
 }
 
-/// Runs the agent from the files at `paths` until `shutdown` completes (then `Ok`) or the device
-/// must enroll again ([`RunError::ReenrollRequired`]).
-pub async fn run(paths: &Paths, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+/// Runs the agent from the files at `paths` until `shutdown` completes (then
+/// `Ok(Stopped::Shutdown)`), a `restart` command arrives (`Ok(Stopped::Restart)`: call `run`
+/// again) or the device must enroll again ([`RunError::ReenrollRequired`]).
+pub async fn run(paths: &Paths, shutdown: impl Future<Output = ()>) -> Result<Stopped, RunError> {
     // Locked before loading: loading may finish an interrupted key rotation.
     let lock_path = paths.lock_file();
     let lock = if paths.state_dir().is_dir() {
@@ -273,6 +302,10 @@ pub async fn run(paths: &Paths, shutdown: impl Future<Output = ()>) -> Result<()
         delivery: reporter.waker(),
         closed: Notify::new(),
         revoked: Notify::new(),
+        trust_refresh: Arc::new(Notify::new()),
+        restart: Arc::new(Notify::new()),
+        renew_now: Arc::new(watch::Sender::new(0)),
+        commands: Arc::new(CommandStats::default()),
         status: status.clone(),
         device: config.device_id.clone(),
     });
@@ -289,21 +322,43 @@ pub async fn run(paths: &Paths, shutdown: impl Future<Output = ()>) -> Result<()
         let (reporter, client) = (reporter.clone(), client.clone());
         async move { reporter.deliver(client).await }
     });
+    let intervals = Arc::new(watch::Sender::new(Intervals {
+        heartbeat: Duration::from_secs(config.heartbeat_secs.max(1)),
+        metrics: Duration::from_secs(config.metrics_secs.max(1)),
+    }));
+    let (collect_tx, collect_rx) = mpsc::channel(4);
     let heartbeats = tokio::spawn(heartbeat_loop(
         client.clone(),
         reporter.clone(),
         shared.clone(),
-        config.heartbeat_secs,
+        intervals.subscribe(),
     ));
     let collectors = tokio::spawn(collect_loop(
         reporter.clone(),
-        Duration::from_secs(config.metrics_secs),
+        intervals.subscribe(),
         Duration::from_secs(config.inventory_check_secs),
+        collect_rx,
+    ));
+    let command_task = tokio::spawn(command_loop(
+        client.clone(),
+        config.clone(),
+        paths.clone(),
+        reporter.clone(),
+        shared.clone(),
+        Hooks {
+            collect: collect_tx,
+            intervals,
+            renew: shared.renew_now.clone(),
+        },
     ));
     let result = tokio::select! {
         () = shutdown => {
             tracing::info!("Shutting down.");
-            Ok(())
+            Ok(Stopped::Shutdown)
+        }
+        () = shared.restart.notified() => {
+            tracing::info!("Restarting (signed command).");
+            Ok(Stopped::Restart)
         }
         e = renew_loop(client.clone(), config, paths.clone(), shared.clone()) => Err(e),
         () = shared.revoked.notified() => {
@@ -317,12 +372,18 @@ pub async fn run(paths: &Paths, shutdown: impl Future<Output = ()>) -> Result<()
             })
         }
     };
+    command_task.abort();
+    let _ = command_task.await;
     heartbeats.abort();
     collectors.abort();
-    if result.is_ok() {
+    if let Ok(stopped) = result {
+        let reason = match stopped {
+            Stopped::Restart => "restart",
+            Stopped::Shutdown => "signal",
+        };
         let _ = reporter
             .event(EventKind::AgentStop {
-                reason: "signal".to_owned(),
+                reason: reason.to_owned(),
             })
             .await;
         if client.connection_state() == ConnState::Connected
@@ -350,7 +411,7 @@ pub async fn run(paths: &Paths, shutdown: impl Future<Output = ()>) -> Result<()
     }
     shared.stopped.store(true, Ordering::SeqCst);
     match &result {
-        Ok(()) => status.set_state(State::Stopped, None),
+        Ok(_) => status.set_state(State::Stopped, None),
         Err(e) => status.set_state(State::ReenrollRequired, Some(e.to_string())),
     }
     tracing::info!("Stopped.");
@@ -420,6 +481,7 @@ fn on_event(event: Event, shared: &Shared) {
             tracing::info!(device = %device, "Connected.");
             status.set_state(State::Connected, None);
             shared.connected.notify_one();
+            shared.trust_refresh.notify_one();
             shared.delivery.notify_one();
         }
         Event::Disconnected => {
@@ -475,20 +537,35 @@ fn on_event(event: Event, shared: &Shared) {
     }
 }
 
+/// A ticker that first fires one `every` from now.
+fn ticker(every: Duration) -> tokio::time::Interval {
+    let every = every.max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 async fn heartbeat_loop(
     client: Client,
     reporter: Arc<Reporter>,
     shared: Arc<Shared>,
-    heartbeat_secs: u64,
+    mut intervals: watch::Receiver<Intervals>,
 ) {
-    let every = Duration::from_secs(heartbeat_secs.max(1));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    let mut tick = ticker(intervals.borrow_and_update().heartbeat);
     loop {
         let on_connect = tokio::select! {
             () = shared.connected.notified() => true,
             _ = tick.tick() => false,
+            changed = intervals.changed() => {
+                if changed.is_err() {
+                    // The commands task is gone: keep the current interval.
+                    std::future::pending::<()>().await;
+                }
+                let every = intervals.borrow_and_update().heartbeat;
+                tracing::info!(heartbeat_secs = every.as_secs(), "Heartbeat interval changed.");
+                tick = ticker(every);
+                continue;
+            }
         };
         if on_connect {
             tick.reset();
@@ -497,8 +574,12 @@ async fn heartbeat_loop(
             continue;
         }
         let jwt_expires_at = shared.current().expires_at().unwrap_or_default();
+        let extras = HeartbeatExtras {
+            keyset_version: shared.commands.keyset_version(),
+            commands_rejected: shared.commands.rejected(),
+        };
         // Refusals are logged by the reporter.
-        if let Ok(seq) = reporter.heartbeat(jwt_expires_at).await {
+        if let Ok(seq) = reporter.heartbeat(jwt_expires_at, extras).await {
             tracing::debug!(seq, "Heartbeat spooled.");
             shared.status.update(|s| {
                 s.last_heartbeat = Some(now());
@@ -534,15 +615,25 @@ async fn renew_loop(
         &[Token::from_static(RENEW_TOKEN)],
     );
     let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut renew_now = shared.renew_now.subscribe();
     loop {
         let creds = shared.current();
-        let Some(exp) = creds.expires_at() else {
-            tracing::info!("The device's JWT does not expire; no renewal scheduled.");
-            return std::future::pending().await;
-        };
-        let at = schedule::renew_at(creds.issued_at(), exp, now(), &mut rng);
-        tracing::info!(renew_at = at, expires_at = exp, "Renewal scheduled.");
-        sleep_until_unix(at).await;
+        match creds.expires_at() {
+            Some(exp) => {
+                let at = schedule::renew_at(creds.issued_at(), exp, now(), &mut rng);
+                tracing::info!(renew_at = at, expires_at = exp, "Renewal scheduled.");
+                tokio::select! {
+                    () = sleep_until_unix(at) => {}
+                    _ = renew_now.changed() => tracing::info!("Renewing now (signed command)."),
+                }
+            }
+            None => {
+                tracing::info!("The device's JWT does not expire; renewing only when asked.");
+                if renew_now.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        }
 
         let mut attempt = 0u32;
         // Decided before the first attempt, then sent unchanged by every retry.
@@ -565,6 +656,8 @@ async fn renew_loop(
                     });
                     // The server sees the new JWT (and key) on the next connect.
                     reconnect(&client, &shared).await;
+                    // A `renew` command that came while this renewal ran is answered by it.
+                    renew_now.mark_unchanged();
                     break;
                 }
                 Err(e) => {
@@ -756,86 +849,169 @@ fn prove(new: &nkeys::KeyPair, device: &DeviceId, old: &str) -> Result<NewKey, R
 /// How often the inventory is sent even when it did not change.
 pub const INVENTORY_EVERY: Duration = Duration::from_secs(24 * 3600);
 
+/// Runs the signed-command task ([`commands::serve`]).
+async fn command_loop(
+    client: Client,
+    config: AgentConfig,
+    paths: Paths,
+    reporter: Arc<Reporter>,
+    shared: Arc<Shared>,
+    hooks: Hooks,
+) {
+    let (cmd_subject, trust_push, trust_request) =
+        commands::subjects(&config.account, &config.device_id);
+    let setup = commands::Setup {
+        paths,
+        expected: Expected {
+            tenant: config.tenant.clone(),
+            device: config.device_id.clone(),
+            subject: cmd_subject,
+        },
+        allowed: config.allowed_commands(),
+        reporter,
+        status: shared.status.clone(),
+        stats: shared.commands.clone(),
+        restart: shared.restart.clone(),
+    };
+    tracing::info!(allowed = ?setup.allowed, "Accepting signed commands.");
+    let pipeline = commands::Commands::open(
+        setup,
+        commands::NatsTrust::new(client.clone(), trust_request),
+        AgentExecutor::new(hooks),
+    )
+    .await;
+    commands::serve(pipeline, client, trust_push, shared.trust_refresh.clone()).await;
+}
+
+/// Collects inventory or metrics on the blocking pool: the report and the collectors' errors.
+async fn collect_now(
+    collector: &Arc<std::sync::Mutex<crate::collect::Collector>>,
+    what: CollectWhat,
+) -> Option<(
+    Option<wegweiser_shared::telemetry::Inventory>,
+    Option<wegweiser_shared::telemetry::Metrics>,
+    Vec<crate::collect::CollectError>,
+)> {
+    let c = collector.clone();
+    tokio::task::spawn_blocking(move || {
+        let Ok(mut c) = c.lock() else {
+            return None;
+        };
+        let ts = now();
+        Some(match what {
+            CollectWhat::Inventory => {
+                let (inv, errors) = c.inventory(0, ts, env!("CARGO_PKG_VERSION"));
+                (Some(inv), None, errors)
+            }
+            CollectWhat::Metrics => {
+                let m = c.metrics(0, ts);
+                (None, Some(m), c.take_errors())
+            }
+        })
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Spools an inventory; one too large for a report sheds software entries (the rest still
+/// matters more than a complete package list). Its sequence number, or why it was not queued.
+async fn send_inventory(
+    reporter: &Reporter,
+    mut inv: wegweiser_shared::telemetry::Inventory,
+) -> Result<u64, crate::report::ReportError> {
+    loop {
+        match reporter.inventory(inv.clone()).await {
+            Ok(seq) => return Ok(seq),
+            Err(crate::report::ReportError::TooLarge { .. }) if !inv.software.is_empty() => {
+                let keep = inv.software.len() / 2;
+                inv.software.truncate(keep);
+                let _ = reporter
+                    .event(EventKind::CollectionError {
+                        collector: "software".to_owned(),
+                        message: format!(
+                            "inventory too large; software list cut to {keep} entries"
+                        ),
+                    })
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Inventory not queued.");
+                return Err(e);
+            }
+        }
+    }
+}
+
 /// Sends the inventory at start, when it changes (checked every `check`) and every 24 h, and
-/// metrics every `metrics_every`. Collection runs on the blocking pool; failures become
-/// `collection_error` events.
+/// metrics every metrics interval (which `set_intervals` may change). A [`CollectRequest`]
+/// collects and sends one report now (an inventory even when unchanged) and answers with its
+/// sequence number. Collection runs on the blocking pool; failures become `collection_error`
+/// events.
 async fn collect_loop(
     reporter: Arc<crate::report::Reporter>,
-    metrics_every: Duration,
+    mut intervals: watch::Receiver<Intervals>,
     check: Duration,
+    mut requests: mpsc::Receiver<CollectRequest>,
 ) {
     use crate::collect::{Collector, inventory_fingerprint};
     let collector = Arc::new(std::sync::Mutex::new(Collector::new()));
-    let mut metrics_tick = tokio::time::interval(metrics_every);
+    let mut metrics_tick = tokio::time::interval(intervals.borrow_and_update().metrics);
     metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check_tick = tokio::time::interval(check.min(INVENTORY_EVERY));
     check_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_fingerprint = None;
     let mut last_sent = tokio::time::Instant::now();
+    let mut watching = true;
     loop {
-        let inventory_due = tokio::select! {
-            _ = check_tick.tick() => true,
-            _ = metrics_tick.tick() => false,
+        let (what, request) = tokio::select! {
+            _ = check_tick.tick() => (CollectWhat::Inventory, None),
+            _ = metrics_tick.tick() => (CollectWhat::Metrics, None),
+            Some(r) = requests.recv() => (r.what, Some(r.done)),
+            changed = intervals.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                } else {
+                    let every = intervals.borrow_and_update().metrics;
+                    tracing::info!(metrics_secs = every.as_secs(), "Metrics interval changed.");
+                    metrics_tick = ticker(every);
+                }
+                continue;
+            }
         };
-        let c = collector.clone();
-        let collected = tokio::task::spawn_blocking(move || {
-            let Ok(mut c) = c.lock() else {
-                return None;
-            };
-            let ts = now();
-            Some(if inventory_due {
-                let (inv, errors) = c.inventory(0, ts, env!("CARGO_PKG_VERSION"));
-                (Some(inv), None, errors)
-            } else {
-                let m = c.metrics(0, ts);
-                (None, Some(m), c.take_errors())
-            })
-        })
-        .await;
-        let Ok(Some((inventory, metrics, errors))) = collected else {
+        let forced = request.is_some();
+        let answer = move |r: Result<u64, String>| {
+            if let Some(done) = request {
+                let _ = done.send(r);
+            }
+        };
+        let Some((inventory, metrics, errors)) = collect_now(&collector, what).await else {
+            answer(Err("the collector failed".to_owned()));
             continue;
         };
         for e in errors {
             let _ = reporter.event(e.to_event()).await;
         }
-        if let Some(m) = metrics
-            && let Err(e) = reporter.metrics(m).await
-        {
-            tracing::warn!(error = %e, "Metrics not queued.");
-        }
-        if let Some(mut inv) = inventory {
-            let fingerprint = inventory_fingerprint(&inv);
-            let stale = last_sent.elapsed() >= INVENTORY_EVERY;
-            if last_fingerprint == Some(fingerprint) && !stale {
-                continue;
-            }
-            // An inventory too large for one report sheds software entries (the rest still
-            // matters more than a complete package list).
-            loop {
-                match reporter.inventory(inv.clone()).await {
-                    Ok(_) => break,
-                    Err(crate::report::ReportError::TooLarge { .. })
-                        if !inv.software.is_empty() =>
-                    {
-                        let keep = inv.software.len() / 2;
-                        inv.software.truncate(keep);
-                        let _ = reporter
-                            .event(wegweiser_shared::telemetry::EventKind::CollectionError {
-                                collector: "software".to_owned(),
-                                message: format!(
-                                    "inventory too large; software list cut to {keep} entries"
-                                ),
-                            })
-                            .await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Inventory not queued.");
-                        break;
-                    }
+        match (metrics, inventory) {
+            (Some(m), _) => {
+                let queued = reporter.metrics(m).await;
+                if let Err(e) = &queued {
+                    tracing::warn!(error = %e, "Metrics not queued.");
                 }
+                answer(queued.map_err(|e| e.to_string()));
             }
-            last_fingerprint = Some(fingerprint);
-            last_sent = tokio::time::Instant::now();
+            (None, Some(inv)) => {
+                let fingerprint = inventory_fingerprint(&inv);
+                let stale = last_sent.elapsed() >= INVENTORY_EVERY;
+                if !forced && last_fingerprint == Some(fingerprint) && !stale {
+                    continue;
+                }
+                let queued = send_inventory(&reporter, inv).await;
+                answer(queued.map_err(|e| e.to_string()));
+                last_fingerprint = Some(fingerprint);
+                last_sent = tokio::time::Instant::now();
+            }
+            (None, None) => answer(Err("nothing was collected".to_owned())),
         }
     }
 }
@@ -962,7 +1138,17 @@ mod tests {
         let v = serde_json::to_value(&hb).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"v":1,"seq":3,"ts":1700,"agent_version":"0.1.0","jwt_expires_at":1800,"spool_depth":0})
+            serde_json::json!({"v":1,"seq":3,"ts":1700,"agent_version":"0.1.0","jwt_expires_at":1800,"spool_depth":0,"commands_rejected":0})
+        );
+        let hb = Heartbeat {
+            keyset_version: Some(7),
+            commands_rejected: 2,
+            ..hb
+        };
+        let v = serde_json::to_value(&hb).unwrap();
+        assert_eq!(
+            (&v["keyset_version"], &v["commands_rejected"]),
+            (&serde_json::json!(7), &serde_json::json!(2))
         );
     }
 

@@ -74,6 +74,18 @@ pub struct Status {
     /// Reports waiting in the offline spool (not yet acknowledged).
     #[serde(default)]
     pub spool_depth: u64,
+    /// Signed commands executed by this process.
+    #[serde(default)]
+    pub commands_executed: u64,
+    /// Commands refused by this process (every reason).
+    #[serde(default)]
+    pub commands_rejected: u64,
+    /// The trusted command keyset's version (absent until one is pinned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyset_version: Option<u64>,
+    /// The trusted root's version (absent until one is pinned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_version: Option<u64>,
 }
 
 /// Reads `status.json`; `None` when it does not exist or cannot be parsed.
@@ -108,6 +120,10 @@ impl StatusFile {
                 last_heartbeat: None,
                 heartbeats_sent: 0,
                 spool_depth: 0,
+                commands_executed: 0,
+                commands_rejected: 0,
+                keyset_version: None,
+                root_version: None,
             })),
         };
         file.update(|_| {});
@@ -204,6 +220,18 @@ pub struct Report {
     /// Reports waiting in the offline spool, from `status.json`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spool_depth: Option<u64>,
+    /// Signed commands the running agent executed, from `status.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commands_executed: Option<u64>,
+    /// Commands the running agent refused, from `status.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commands_rejected: Option<u64>,
+    /// The trusted command keyset version, from `status.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyset_version: Option<u64>,
+    /// The trusted root version, from `status.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_version: Option<u64>,
     /// Problems reading the enrollment (bad config, unreadable JWT).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
@@ -229,6 +257,10 @@ pub fn report(paths: &Paths, now: i64) -> Report {
         last_error: None,
         last_heartbeat: None,
         spool_depth: None,
+        commands_executed: None,
+        commands_rejected: None,
+        keyset_version: None,
+        root_version: None,
         problems: Vec::new(),
     };
     if paths.config_file().exists() {
@@ -276,6 +308,10 @@ pub fn report(paths: &Paths, now: i64) -> Report {
         r.last_error = s.last_error;
         r.last_heartbeat = s.last_heartbeat;
         r.spool_depth = Some(s.spool_depth);
+        r.commands_executed = Some(s.commands_executed);
+        r.commands_rejected = Some(s.commands_rejected);
+        r.keyset_version = s.keyset_version;
+        r.root_version = s.root_version;
     }
     r
 }
@@ -325,6 +361,15 @@ impl Report {
         }
         if let Some(d) = self.spool_depth {
             line("spool:", &format!("{d} report(s) waiting"));
+        }
+        if let (Some(done), Some(refused)) = (self.commands_executed, self.commands_rejected) {
+            line("commands:", &format!("{done} executed, {refused} rejected"));
+        }
+        if let Some(k) = self.keyset_version {
+            let root = self
+                .root_version
+                .map_or_else(String::new, |r| format!(", root version {r}"));
+            line("command trust:", &format!("keyset version {k}{root}"));
         }
         for p in &self.problems {
             line("problem:", p);
@@ -388,10 +433,29 @@ mod tests {
         // This process "runs" the agent.
         let f = StatusFile::start(paths.status_file(), "dev-1", None);
         f.set_state(State::Connected, None);
-        f.update(|s| s.spool_depth = 7);
+        f.update(|s| {
+            s.spool_depth = 7;
+            s.commands_executed = 4;
+            s.commands_rejected = 2;
+            s.keyset_version = Some(3);
+            s.root_version = Some(1);
+        });
         let r = report(&paths, now);
         assert!(r.running);
         assert_eq!(r.spool_depth, Some(7));
+        assert_eq!(
+            (r.commands_executed, r.commands_rejected),
+            (Some(4), Some(2))
+        );
+        let text = r.to_text(now);
+        assert!(
+            text.contains("commands:        4 executed, 2 rejected"),
+            "{text}"
+        );
+        assert!(
+            text.contains("command trust:   keyset version 3, root version 1"),
+            "{text}"
+        );
         assert!(
             r.to_text(now)
                 .contains("spool:           7 report(s) waiting"),

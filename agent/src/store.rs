@@ -420,7 +420,9 @@ pub fn staged(path: &Path) -> PathBuf {
 ///
 /// 1. Finish or undo an earlier interrupted enrollment ([`finish_enrollment`]), so no stale staged
 ///    file joins this set.
-/// 2. Stage: `nats-ca.pem.new`, `agent.toml.new`, `device.jwt.new`, and `device.nk.new` last.
+/// 2. Stage: `nats-ca.pem.new`, `agent.toml.new`, `device.jwt.new`, `trust.json.new` (the
+///    pinned command trust, or an empty file when the enrollment brought none: then the previous
+///    identity's trust is removed on commit), and `device.nk.new` last.
 ///    Each write is atomic and synced, so the staged seed exists only when the set is complete.
 ///    A crash before it leaves the live files untouched; loading deletes the staged ones.
 /// 3. Commit: rename the CA, the configuration and the JWT into place, drop
@@ -431,12 +433,15 @@ pub fn save_enrollment_files(
     credentials: &Credentials,
     ca_pem: &str,
     config: &AgentConfig,
+    trust: Option<&[u8]>,
 ) -> Result<(), StoreError> {
     finish_enrollment(paths)?;
     let ca = staged(&paths.ca_file());
     platform::write_atomic(&ca, ca_pem.as_bytes()).map_err(io(&ca))?;
     config.save(&staged(&paths.config_file()))?;
     save_jwt(&staged(&paths.jwt_file()), credentials.jwt())?;
+    let trust_file = staged(&paths.trust_file());
+    platform::write_owner_only(&trust_file, trust.unwrap_or_default()).map_err(io(&trust_file))?;
     save_seed(&staged(&paths.seed_file()), credentials.key())?;
     commit_staged(paths)
 }
@@ -451,7 +456,12 @@ pub fn finish_enrollment(paths: &Paths) -> Result<(), StoreError> {
         tracing::info!("Finished storing an interrupted enrollment.");
         return Ok(());
     }
-    for live in [paths.ca_file(), paths.config_file(), paths.jwt_file()] {
+    for live in [
+        paths.ca_file(),
+        paths.config_file(),
+        paths.jwt_file(),
+        paths.trust_file(),
+    ] {
         let file = staged(&live);
         if file.exists() {
             fs::remove_file(&file).map_err(io(&file))?;
@@ -469,6 +479,20 @@ fn commit_staged(paths: &Paths) -> Result<(), StoreError> {
         if file.exists() {
             fs::rename(&file, &live).map_err(io(&live))?;
         }
+    }
+    // An empty staged trust file: this enrollment brought none, and the previous identity's
+    // does not apply to it (the agent fetches one when it connects).
+    let trust = paths.trust_file();
+    let staged_trust = staged(&trust);
+    match fs::metadata(&staged_trust) {
+        Ok(m) if m.len() == 0 => {
+            if trust.exists() {
+                fs::remove_file(&trust).map_err(io(&trust))?;
+            }
+            fs::remove_file(&staged_trust).map_err(io(&staged_trust))?;
+        }
+        Ok(_) => fs::rename(&staged_trust, &trust).map_err(io(&trust))?,
+        Err(_) => {} // Not staged, or renamed already by an interrupted commit.
     }
     // The previous identity's pending rotation key and status describe another key or device.
     let next = paths.next_seed_file();
@@ -652,6 +676,7 @@ mod tests {
             rotate_key_on_renew: false,
             metrics_secs: 60,
             inventory_check_secs: 3600,
+            allowed_commands: None,
         };
         platform::write_atomic(
             &staged(&paths.ca_file()),
