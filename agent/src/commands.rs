@@ -443,16 +443,18 @@ impl<S: TrustSource, E: Executor> Commands<S, E> {
     }
 
     /// Fetches the current bundle and applies it; whether the trust changed. With
-    /// `rate_limited`, at most one fetch per [`TRUST_REFETCH_MIN`].
+    /// `rate_limited` (fetches caused by commands, which anyone able to publish could send), at
+    /// most one per [`TRUST_REFETCH_MIN`]; scheduled fetches (connect, hourly) are not limited.
     pub async fn refresh_trust(&mut self, rate_limited: bool, now: i64) -> bool {
-        if rate_limited
-            && self
+        if rate_limited {
+            if self
                 .last_fetch
                 .is_some_and(|at| at.elapsed() < self.refetch_min)
-        {
-            return false;
+            {
+                return false;
+            }
+            self.last_fetch = Some(Instant::now());
         }
-        self.last_fetch = Some(Instant::now());
         match self.source.fetch().await {
             Ok(bytes) => self.apply_bundle(&bytes, now, "fetch").await,
             Err(e) => {

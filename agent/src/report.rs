@@ -383,6 +383,12 @@ impl Reporter {
         .map_err(|e| ReportError::Task(e.to_string()))
     }
 
+    /// A handle that counts the spool's users: the spool (and its directory lock) is closed
+    /// once its `strong_count` is 0.
+    pub fn spool_handle(&self) -> std::sync::Weak<Mutex<Spool>> {
+        Arc::downgrade(&self.spool)
+    }
+
     /// Every record waiting in the spool (tests look at what was reported).
     #[cfg(test)]
     pub(crate) fn spooled(&self) -> Vec<Record> {

@@ -376,6 +376,8 @@ pub async fn run(paths: &Paths, shutdown: impl Future<Output = ()>) -> Result<St
     let _ = command_task.await;
     heartbeats.abort();
     collectors.abort();
+    let _ = heartbeats.await;
+    let _ = collectors.await;
     if let Ok(stopped) = result {
         let reason = match stopped {
             Stopped::Restart => "restart",
@@ -413,6 +415,19 @@ pub async fn run(paths: &Paths, shutdown: impl Future<Output = ()>) -> Result<St
     match &result {
         Ok(_) => status.set_state(State::Stopped, None),
         Err(e) => status.set_state(State::ReenrollRequired, Some(e.to_string())),
+    }
+    // The spool (and its lock) closes with the last task that used it, so a `run` called
+    // right after this one (restart) can open it.
+    let spool = reporter.spool_handle();
+    drop(reporter);
+    let released = tokio::time::timeout(DRAIN_GRACE, async {
+        while spool.strong_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    if released.is_err() {
+        tracing::warn!("The report spool is still in use after shutdown.");
     }
     tracing::info!("Stopped.");
     result
@@ -552,18 +567,20 @@ async fn heartbeat_loop(
     mut intervals: watch::Receiver<Intervals>,
 ) {
     let mut tick = ticker(intervals.borrow_and_update().heartbeat);
+    let mut watching = true;
     loop {
         let on_connect = tokio::select! {
             () = shared.connected.notified() => true,
             _ = tick.tick() => false,
-            changed = intervals.changed() => {
+            changed = intervals.changed(), if watching => {
                 if changed.is_err() {
                     // The commands task is gone: keep the current interval.
-                    std::future::pending::<()>().await;
+                    watching = false;
+                } else {
+                    let every = intervals.borrow_and_update().heartbeat;
+                    tracing::info!(heartbeat_secs = every.as_secs(), "Heartbeat interval changed.");
+                    tick = ticker(every);
                 }
-                let every = intervals.borrow_and_update().heartbeat;
-                tracing::info!(heartbeat_secs = every.as_secs(), "Heartbeat interval changed.");
-                tick = ticker(every);
                 continue;
             }
         };
@@ -1190,6 +1207,10 @@ mod tests {
         let written = std::fs::read(paths.status_file()).unwrap();
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(std::fs::read(paths.status_file()).unwrap(), written);
+        // Everything was released: the agent can run again at once in this process (what a
+        // `restart` command does).
+        let again = run(&paths, async {}).await.unwrap();
+        assert_eq!(again, Stopped::Shutdown);
     }
 
     #[tokio::test]
