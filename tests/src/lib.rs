@@ -4,6 +4,7 @@
 //! The nats-server binary is found through `WEGWEISER_NATS_SERVER`, then `tools/bin`, then
 //! `PATH`; without one, every test fails with a message naming `scripts/install-nats-server`.
 
+pub mod agent;
 pub mod sim;
 
 use async_nats::{Client, ConnectOptions, Event};
@@ -196,6 +197,47 @@ impl Platform {
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// Connects a user of the control-plane account with exactly these publish and subscribe
+    /// permissions, signed by that account's signing key from the keystore. Stands for a
+    /// compromised or misconfigured service with publish rights on device subjects in tests,
+    /// and for a fleet of simulated devices in benchmarks; the product never issues such users.
+    pub async fn connect_cp_user(
+        &self,
+        name: &str,
+        publish: &[String],
+        subscribe: &[String],
+    ) -> anyhow::Result<UserConn> {
+        use wegweiser_shared::jwt::{
+            Claims, Permission, Permissions, UserNats, UserPermissionLimits,
+        };
+        let keys = wegweiser_cp::identity::PlatformKeys::load(&wegweiser_cp::authority::keystore(
+            &self.data_dir(),
+        )?)?;
+        let user = Arc::new(nkeys::KeyPair::new_user());
+        let mut nats = UserNats::with_limits(UserPermissionLimits {
+            permissions: Permissions {
+                publish: Permission {
+                    allow: publish.to_vec(),
+                    deny: Vec::new(),
+                },
+                subscribe: Permission {
+                    allow: subscribe.to_vec(),
+                    deny: Vec::new(),
+                },
+                resp: None,
+            },
+            subs: Some(-1),
+            data: Some(-1),
+            payload: Some(-1),
+            ..Default::default()
+        });
+        nats.issuer_account = Some(keys.cp_account.to_string());
+        let jwt = Claims::new(user.public_key(), name, nats)
+            .expires_in(3600)
+            .encode(&keys.cp_signing)?;
+        Ok(self.connect_user(jwt, user, name).await?)
     }
 
     /// The directory of the trust root keys.
