@@ -2,7 +2,8 @@
 //! forged, tampered, malformed, oversized and replayed envelopes injected by a client with
 //! publish rights on the device's command subject are refused with their reason, counted, and
 //! reported, and the agent keeps running; a replay is refused after an agent restart too; the
-//! agent follows a command key rotation and restarts on command.
+//! agent follows a command key rotation, restarts on command, and catches up with two root
+//! rotations made while it was offline.
 #![allow(clippy::unwrap_used)]
 
 use futures::StreamExt;
@@ -301,4 +302,22 @@ async fn the_agent_follows_a_key_rotation_and_restarts_on_command() {
     let r = send(&p, &tenant, &device, Command::Ping {}).await;
     assert_eq!(r.devices[0].status(), "ok");
     assert_eq!(run.terminate(), Some(0));
+
+    // Offline across two root rotations: back, it walks the chain and runs commands again.
+    p.auth.rotate_root(&p.root_dir(), 1, 1).await.unwrap();
+    let rec = p.auth.rotate_root(&p.root_dir(), 2, 3).await.unwrap();
+    let run = Running::start(&state);
+    let mut caught_up = false;
+    for _ in 0..30 {
+        let h = next_heartbeat(&mut hb, Duration::from_secs(5)).await.unwrap();
+        if h["keyset_version"] == rec.keyset.version {
+            caught_up = true;
+            break;
+        }
+    }
+    assert!(caught_up, "the agent fetched the keyset of root 3");
+    let r = send(&p, &tenant, &device, Command::Ping {}).await;
+    assert_eq!(r.devices[0].status(), "ok");
+    assert_eq!(status(&state)["root_version"], 3, "{}", status(&state));
+    drop(run);
 }
