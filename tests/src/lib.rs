@@ -165,6 +165,7 @@ impl Platform {
                 id: id.parse()?,
                 name: None,
                 limits: None,
+                retention_days: None,
             })
             .await?)
     }
