@@ -881,23 +881,13 @@ pub fn subjects(
 /// notified and every [`TRUST_REFRESH_EVERY`].
 pub async fn serve<S: TrustSource, E: Executor>(
     mut commands: Commands<S, E>,
-    client: Client,
-    trust_subject: String,
+    subscriptions: Subscriptions,
     connected: Arc<Notify>,
 ) {
-    let cmd_subject = commands.expected.subject.clone();
-    let (mut cmd_sub, mut trust_sub) = loop {
-        match (
-            client.subscribe(cmd_subject.clone()).await,
-            client.subscribe(trust_subject.clone()).await,
-        ) {
-            (Ok(c), Ok(t)) => break (c, t),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::error!(error = %e, "Cannot subscribe to commands; trying again.");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        }
-    };
+    let Subscriptions {
+        commands: mut cmd_sub,
+        trust: mut trust_sub,
+    } = subscriptions;
     let mut hourly = tokio::time::interval(TRUST_REFRESH_EVERY);
     hourly.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     hourly.tick().await;
@@ -927,6 +917,33 @@ pub async fn serve<S: TrustSource, E: Executor>(
                 commands.refresh_trust(false, now()).await;
             }
             Next::Joined => {}
+        }
+    }
+}
+
+/// The command and trust-push subscriptions.
+#[derive(Debug)]
+pub struct Subscriptions {
+    /// `wg.<account>.down.<device>.cmd`.
+    pub commands: async_nats::Subscriber,
+    /// `wg.<account>.down.<device>.trust`.
+    pub trust: async_nats::Subscriber,
+}
+
+/// Subscribes to the command and trust-push subjects, retrying until it can. `run` does this
+/// before anything is published, so the server knows the subscriptions before the control plane
+/// can see the agent (its first heartbeat or event): no command sent after that is missed.
+pub async fn subscribe(client: &Client, cmd_subject: &str, trust_subject: &str) -> Subscriptions {
+    loop {
+        match (
+            client.subscribe(cmd_subject.to_owned()).await,
+            client.subscribe(trust_subject.to_owned()).await,
+        ) {
+            (Ok(commands), Ok(trust)) => return Subscriptions { commands, trust },
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "Cannot subscribe to commands; trying again.");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
         }
     }
 }

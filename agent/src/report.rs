@@ -7,12 +7,18 @@
 //!   [`telemetry::MAX_REPORT_BYTES`] and pushes it with its subject
 //!   `wg.<account>.up.<device>.tel.<kind>` and message id `<device>-<seq>`. When the spool had to
 //!   drop old reports to make room, a `spool_overflow` event follows.
-//! - [`Reporter::deliver`] sends the spooled reports in order, one at a time, as requests with a
-//!   `Nats-Msg-Id` header; a JetStream acknowledgement (also of a duplicate) removes the report
-//!   from the spool. An error reply, a timeout, no responders or a lost connection stops the
-//!   round; the same report is retried after a full-jitter backoff (250 ms doubling to 30 s),
-//!   reset by a success. It wakes when a report is pushed and when the client (re)connects
-//!   ([`Reporter::waker`]).
+//! - [`Reporter::deliver`] sends the spooled reports in order, pipelined: each is published
+//!   with a `Nats-Msg-Id` header and a reply subject `<inbox>.<seq>` that the stream answers
+//!   with its acknowledgement, with up to [`MAX_IN_FLIGHT`] reports ([`MAX_IN_FLIGHT_BYTES`])
+//!   awaiting theirs. Acknowledgements (also of duplicates) may come back in any order; the
+//!   spool acknowledges the longest confirmed prefix once per round (one `ack` file write for up
+//!   to [`PEEK_BATCH`] reports). An error reply, a timeout ([`ACK_TIMEOUT`] for the oldest
+//!   report waiting), no responders or a lost connection ends the round; everything after the
+//!   confirmed prefix is sent again after a full-jitter backoff (250 ms doubling to 30 s), reset
+//!   by a success. Reports sent behind a failed one may already be stored; the stream drops
+//!   them as duplicates on the retry, so every report is stored once, in order unless a report
+//!   failed while later ones got through. It wakes when a report is pushed and when the client
+//!   (re)connects ([`Reporter::waker`]).
 //!
 //! Spool I/O (file writes, fsync) runs in `spawn_blocking`; the spool sits behind a
 //! `std::sync::Mutex` held only there.
@@ -22,7 +28,7 @@ use crate::{
     spool::{DEFAULT_MAX_BYTES, Record, Spool, SpoolError},
     status::StatusFile,
 };
-use async_nats::{Client, HeaderMap, client::RequestErrorKind, connection::State as ConnState};
+use async_nats::{Client, HeaderMap, connection::State as ConnState};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::{
@@ -50,7 +56,15 @@ pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// How long one report waits for its acknowledgement.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records read from the spool per delivery round.
-pub const PEEK_BATCH: usize = 64;
+pub const PEEK_BATCH: usize = 1024;
+/// Bytes of reports read from the spool per delivery round (at least one report is read).
+pub const PEEK_BYTES: usize = 4 * 1024 * 1024;
+/// Reports sent and awaiting their acknowledgement at most.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// Bytes of reports awaiting their acknowledgement at most (one larger report may go alone).
+pub const MAX_IN_FLIGHT_BYTES: usize = 1024 * 1024;
+/// While waiting for acknowledgements, how often the connection state is looked at.
+const CONNECTION_RECHECK: Duration = Duration::from_millis(250);
 /// First retry delay ceiling.
 pub const RETRY_BASE: Duration = schedule::RECONNECT_BASE;
 /// Largest retry delay.
@@ -429,7 +443,10 @@ impl Reporter {
                 let _ = tokio::time::timeout(OFFLINE_RECHECK, self.wake.notified()).await;
                 continue;
             }
-            let failed = match self.with_spool(|s| s.peek(PEEK_BATCH)).await {
+            let failed = match self
+                .with_spool(|s| s.peek_bounded(PEEK_BATCH, PEEK_BYTES))
+                .await
+            {
                 Ok(Ok(batch)) if batch.is_empty() => {
                     self.show_depth();
                     self.wake.notified().await;
@@ -454,45 +471,182 @@ impl Reporter {
         }
     }
 
-    /// Sends `batch` in order until one fails; whether one did.
+    /// Sends `batch` in order with up to [`MAX_IN_FLIGHT`] reports awaiting their
+    /// acknowledgement, and acknowledges in the spool the longest prefix the stream confirmed.
+    /// Whether a report failed (then the rest of the batch is retried from it).
     async fn deliver_batch(&self, client: &Client, batch: Vec<Record>, attempt: &mut u32) -> bool {
-        for record in batch {
-            match publish(client, &record).await {
-                Ok(ack) => {
-                    tracing::debug!(
-                        seq = record.seq,
-                        stream = %ack.stream,
-                        stream_seq = ack.seq,
-                        duplicate = ack.duplicate,
-                        "Report acknowledged."
-                    );
-                    *attempt = 0;
-                    let seq = record.seq;
-                    match self.with_spool(move |s| s.ack(seq)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(seq, error = %e, "Cannot mark a report as delivered.");
-                            return true;
-                        }
-                        Err(e) => {
-                            tracing::warn!(seq, error = %e, "Cannot mark a report as delivered.");
-                            return true;
-                        }
-                    }
+        let mut window = Window::default();
+        let inbox = client.new_inbox();
+        let (confirmed, failure) = match client.subscribe(format!("{inbox}.*")).await {
+            Ok(replies) => window.run(client, &inbox, replies, &batch).await,
+            Err(e) => (None, Some((None, DeliveryError::Request(e.to_string())))),
+        };
+        if let Some(seq) = confirmed {
+            *attempt = 0;
+            tracing::debug!(up_to = seq, "Reports acknowledged.");
+            let failed = match self.with_spool(move |s| s.ack(seq)).await {
+                Ok(Ok(())) => false,
+                Ok(Err(e)) => {
+                    tracing::warn!(seq, error = %e, "Cannot mark reports as delivered.");
+                    true
                 }
                 Err(e) => {
-                    tracing::warn!(
-                        seq = record.seq,
-                        subject = %record.subject,
-                        attempt = *attempt,
-                        error = %e,
-                        "A report was not acknowledged; will retry."
-                    );
-                    return true;
+                    tracing::warn!(seq, error = %e, "Cannot mark reports as delivered.");
+                    true
+                }
+            };
+            if failed {
+                return true;
+            }
+        }
+        match failure {
+            None => false,
+            Some((record, e)) => {
+                let record = record.and_then(|seq| batch.iter().find(|r| r.seq == seq));
+                tracing::warn!(
+                    seq = record.map(|r| r.seq),
+                    subject = record.map(|r| r.subject.as_str()),
+                    attempt = *attempt,
+                    error = %e,
+                    "A report was not acknowledged; will retry."
+                );
+                true
+            }
+        }
+    }
+}
+
+/// Reports sent and not yet acknowledged, oldest first.
+#[derive(Default)]
+struct Window {
+    /// Sequence number, send time and size of every report awaiting its reply.
+    waiting: std::collections::VecDeque<(u64, tokio::time::Instant, usize)>,
+    /// Replies received for reports behind the oldest one still waiting.
+    early: std::collections::BTreeSet<u64>,
+    /// Bytes of the reports waiting.
+    bytes: usize,
+    /// The last report of the confirmed prefix.
+    confirmed: Option<u64>,
+}
+
+/// What failed, and for which report if known.
+type Failure = (Option<u64>, DeliveryError);
+
+impl Window {
+    /// Publishes `batch` in order (reply subjects `<inbox>.<seq>`, answered by the stream on
+    /// `replies`) and collects the acknowledgements. Returns the last report of the confirmed
+    /// prefix and the failure that ended the round, if any.
+    async fn run(
+        &mut self,
+        client: &Client,
+        inbox: &str,
+        mut replies: async_nats::Subscriber,
+        batch: &[Record],
+    ) -> (Option<u64>, Option<Failure>) {
+        let mut failure = None;
+        for record in batch {
+            while self.waiting.len() >= MAX_IN_FLIGHT
+                || (!self.waiting.is_empty()
+                    && self.bytes + record.payload.len() > MAX_IN_FLIGHT_BYTES)
+            {
+                if let Err(f) = self.receive(client, &mut replies).await {
+                    failure = Some(f);
+                    break;
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+            if client.connection_state() != ConnState::Connected {
+                failure = Some((Some(record.seq), DeliveryError::NotConnected));
+                break;
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert(MSG_ID_HEADER, record.msg_id.as_str());
+            if let Err(e) = client
+                .publish_with_reply_and_headers(
+                    record.subject.clone(),
+                    format!("{inbox}.{}", record.seq),
+                    headers,
+                    record.payload.clone().into(),
+                )
+                .await
+            {
+                failure = Some((Some(record.seq), DeliveryError::Request(e.to_string())));
+                break;
+            }
+            self.waiting.push_back((
+                record.seq,
+                tokio::time::Instant::now(),
+                record.payload.len(),
+            ));
+            self.bytes += record.payload.len();
+        }
+        if failure.is_none() {
+            while !self.waiting.is_empty() {
+                if let Err(f) = self.receive(client, &mut replies).await {
+                    failure = Some(f);
+                    break;
                 }
             }
         }
-        false
+        let _ = replies.unsubscribe().await;
+        (self.confirmed, failure)
+    }
+
+    /// Waits for one reply (or the oldest report's deadline) and records it.
+    async fn receive(
+        &mut self,
+        client: &Client,
+        replies: &mut async_nats::Subscriber,
+    ) -> Result<(), Failure> {
+        use futures::StreamExt as _;
+        let Some(&(oldest, sent, _)) = self.waiting.front() else {
+            return Ok(());
+        };
+        let deadline = sent + ACK_TIMEOUT;
+        let reply = loop {
+            // Look at the connection now and then: a lost one is not worth the whole timeout.
+            let wait = deadline.min(tokio::time::Instant::now() + CONNECTION_RECHECK);
+            match tokio::time::timeout_at(wait, replies.next()).await {
+                Ok(Some(reply)) => break reply,
+                Ok(None) => {
+                    return Err((
+                        Some(oldest),
+                        DeliveryError::Request("reply subscription closed".into()),
+                    ));
+                }
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err((Some(oldest), DeliveryError::Timeout));
+                }
+                Err(_) if client.connection_state() != ConnState::Connected => {
+                    return Err((Some(oldest), DeliveryError::NotConnected));
+                }
+                Err(_) => {}
+            }
+        };
+        let Some(seq) = reply
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            return Ok(());
+        };
+        if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            return Err((Some(seq), DeliveryError::NoResponders));
+        }
+        parse_pub_ack(&reply.payload).map_err(|e| (Some(seq), e))?;
+        self.early.insert(seq);
+        while let Some(&(front, _, size)) = self.waiting.front() {
+            if !self.early.remove(&front) {
+                break;
+            }
+            self.waiting.pop_front();
+            self.bytes -= size;
+            self.confirmed = Some(front);
+        }
+        Ok(())
     }
 }
 
@@ -552,31 +706,6 @@ fn report_overflow(spool: &mut Spool, account: &AccountKey, device: &DeviceId) {
             return;
         }
     }
-}
-
-/// Sends one record and waits for its acknowledgement.
-async fn publish(client: &Client, record: &Record) -> Result<PubAck, DeliveryError> {
-    if client.connection_state() != ConnState::Connected {
-        return Err(DeliveryError::NotConnected);
-    }
-    let mut headers = HeaderMap::new();
-    headers.insert(MSG_ID_HEADER, record.msg_id.as_str());
-    let reply = tokio::time::timeout(
-        ACK_TIMEOUT,
-        client.request_with_headers(
-            record.subject.clone(),
-            headers,
-            record.payload.clone().into(),
-        ),
-    )
-    .await
-    .map_err(|_| DeliveryError::Timeout)?
-    .map_err(|e| match e.kind() {
-        RequestErrorKind::TimedOut => DeliveryError::Timeout,
-        RequestErrorKind::NoResponders => DeliveryError::NoResponders,
-        _ => DeliveryError::Request(e.to_string()),
-    })?;
-    parse_pub_ack(&reply.payload)
 }
 
 #[cfg(test)]

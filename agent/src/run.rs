@@ -318,6 +318,9 @@ pub async fn run(paths: &Paths, shutdown: impl Future<Output = ()>) -> Result<St
         }
     };
 
+    // Before anything is published (see `commands::subscribe`).
+    let (cmd_subject, trust_push, _) = commands::subjects(&config.account, &config.device_id);
+    let subscriptions = commands::subscribe(&client, &cmd_subject, &trust_push).await;
     let delivery = tokio::spawn({
         let (reporter, client) = (reporter.clone(), client.clone());
         async move { reporter.deliver(client).await }
@@ -341,6 +344,7 @@ pub async fn run(paths: &Paths, shutdown: impl Future<Output = ()>) -> Result<St
     ));
     let command_task = tokio::spawn(command_loop(
         client.clone(),
+        subscriptions,
         config.clone(),
         paths.clone(),
         reporter.clone(),
@@ -869,14 +873,14 @@ pub const INVENTORY_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// Runs the signed-command task ([`commands::serve`]).
 async fn command_loop(
     client: Client,
+    subscriptions: commands::Subscriptions,
     config: AgentConfig,
     paths: Paths,
     reporter: Arc<Reporter>,
     shared: Arc<Shared>,
     hooks: Hooks,
 ) {
-    let (cmd_subject, trust_push, trust_request) =
-        commands::subjects(&config.account, &config.device_id);
+    let (cmd_subject, _, trust_request) = commands::subjects(&config.account, &config.device_id);
     let setup = commands::Setup {
         paths,
         expected: Expected {
@@ -897,7 +901,7 @@ async fn command_loop(
         AgentExecutor::new(hooks),
     )
     .await;
-    commands::serve(pipeline, client, trust_push, shared.trust_refresh.clone()).await;
+    commands::serve(pipeline, subscriptions, shared.trust_refresh.clone()).await;
 }
 
 /// Collects inventory or metrics on the blocking pool: the report and the collectors' errors.

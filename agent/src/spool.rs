@@ -421,16 +421,33 @@ impl Spool {
 
     /// The oldest unacknowledged records, at most `max`, oldest first; nothing is removed.
     pub fn peek(&mut self, max: usize) -> Result<Vec<Record>, SpoolError> {
+        self.peek_bounded(max, usize::MAX)
+    }
+
+    /// Like [`Spool::peek`], but stops before the payloads would exceed `max_bytes` (the first
+    /// record is always returned, whatever its size).
+    pub fn peek_bounded(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, SpoolError> {
         let len = usize::try_from(self.len()).unwrap_or(usize::MAX);
         let mut out = Vec::with_capacity(max.min(len).min(1024));
+        let mut bytes = 0usize;
+        let mut full = false;
         let mut idx = 0;
-        while out.len() < max && idx < self.segments.len() {
+        while !full && out.len() < max && idx < self.segments.len() {
             let (offset, skipped) = if idx == 0 {
                 (self.head_offset, self.head_skipped)
             } else {
                 (0, 0)
             };
             self.walk(idx, offset, skipped, &mut |record, _| {
+                if !out.is_empty() && bytes.saturating_add(record.payload.len()) > max_bytes {
+                    full = true;
+                    return false;
+                }
+                bytes = bytes.saturating_add(record.payload.len());
                 out.push(record);
                 out.len() < max
             })?;
@@ -1144,6 +1161,19 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    #[test]
+    fn bounded_peeks_stop_at_the_byte_budget_but_return_one_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut spool, _) = open(tmp.path(), DEFAULT_MAX_BYTES);
+        push_n(&mut spool, 10, 100);
+        assert_eq!(seqs(&spool.peek_bounded(100, 350).unwrap()), [1, 2, 3]);
+        assert_eq!(seqs(&spool.peek_bounded(2, 350).unwrap()), [1, 2]);
+        assert_eq!(seqs(&spool.peek_bounded(100, 10).unwrap()), [1]);
+        assert_eq!(spool.peek_bounded(100, usize::MAX).unwrap().len(), 10);
+        spool.ack(9).unwrap();
+        assert_eq!(seqs(&spool.peek_bounded(100, 10).unwrap()), [10]);
     }
 
     #[test]

@@ -190,6 +190,8 @@ pub struct NewTenant {
     pub name: Option<String>,
     /// Limits (defaults from the config).
     pub limits: Option<TenantLimits>,
+    /// How long its reports are kept (default from the config).
+    pub retention_days: Option<crate::retention::RetentionDays>,
 }
 
 /// A summary of a tenant for listings.
@@ -211,6 +213,9 @@ pub struct TenantSummary {
     pub signing_keys: Vec<SigningKeyRecord>,
     /// Revoked users.
     pub revoked_users: usize,
+    /// Its own retention of reports, days (absent: the configured default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<crate::retention::RetentionDays>,
 }
 
 impl From<&TenantRecord> for TenantSummary {
@@ -224,6 +229,7 @@ impl From<&TenantRecord> for TenantSummary {
             limits: r.limits.clone(),
             signing_keys: r.signing_keys.clone(),
             revoked_users: r.revocations.len(),
+            retention_days: r.retention_days,
         }
     }
 }
@@ -553,6 +559,10 @@ impl Authority {
     /// Creates a tenant: account with limits and scoped signing keys, pushed and verified.
     /// On any failure nothing is left behind (record removed, account deleted from the resolver).
     pub async fn create_tenant(&self, new: NewTenant) -> Result<TenantRecord, AuthorityError> {
+        if let Some(days) = new.retention_days {
+            // The history must keep its reports that long before the tenant may send any.
+            self.ensure_history_covers(days.days()).await?;
+        }
         let now = time::now();
         let account_kp = nkeys::KeyPair::new_account();
         let account: AccountKey = account_kp
@@ -592,6 +602,7 @@ impl Authority {
             jwt: String::new(),
             last_iat: 0,
             sealed: String::new(),
+            retention_days: new.retention_days,
         };
         record.set_secrets(&self.inner.master, &secrets);
         record.resign(

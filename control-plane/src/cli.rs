@@ -6,6 +6,7 @@ use crate::{
     init::{self, InitOptions, TlsFiles},
     keystore,
     nats_server::{self, NatsServerProcess},
+    retention::RetentionDays,
     tenant::TechnicianScope,
 };
 use clap::{Args, Parser, Subcommand};
@@ -239,6 +240,9 @@ pub enum TenantCommand {
         name: Option<String>,
         #[command(flatten)]
         limits: LimitArgs,
+        /// Keep its reports this many days, 1 to 3650 (default: telemetry_retention_days).
+        #[arg(long, value_name = "DAYS")]
+        retention_days: Option<RetentionDays>,
     },
     /// List tenants.
     List,
@@ -259,6 +263,13 @@ pub enum TenantCommand {
     RotateKeys {
         /// Tenant id.
         id: TenantId,
+    },
+    /// Keep a tenant's reports DAYS days (1 to 3650); a shorter retention purges older reports now.
+    SetRetention {
+        /// Tenant id.
+        id: TenantId,
+        /// Days.
+        days: RetentionDays,
     },
     /// Push the stored account JWT again and check nats-server applied it.
     Sync {
@@ -489,7 +500,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn tenant(data_dir: &Path, cmd: TenantCommand, json: bool) -> anyhow::Result<()> {
     let auth = Authority::open(data_dir).await?;
     match cmd {
-        TenantCommand::Create { id, name, limits } => {
+        TenantCommand::Create {
+            id,
+            name,
+            limits,
+            retention_days,
+        } => {
             let mut l: TenantLimits = auth.config().tenant_defaults.clone();
             if let Some(v) = limits.max_connections {
                 l.max_connections = v;
@@ -516,11 +532,23 @@ async fn tenant(data_dir: &Path, cmd: TenantCommand, json: bool) -> anyhow::Resu
                     id,
                     name,
                     limits: Some(l),
+                    retention_days,
                 })
                 .await?;
+            if let Some(days) = retention_days {
+                let mut a = crate::audit::AuditEntry::new("tenant.retention", "cli", "ok");
+                a.tenant = Some(r.id.to_string());
+                a.detail = serde_json::json!({"retention_days": days.days()});
+                auth.audit().record(a).await;
+            }
             let s = crate::authority::TenantSummary::from(&r);
             print(json, &s, || {
-                format!("Created tenant {} (account {}).", r.id, r.account)
+                format!(
+                    "Created tenant {} (account {}); reports kept {} days.",
+                    r.id,
+                    r.account,
+                    auth.retention_of(&r)
+                )
             });
         }
         TenantCommand::List => {
@@ -570,6 +598,15 @@ async fn tenant(data_dir: &Path, cmd: TenantCommand, json: bool) -> anyhow::Resu
                     "New signing keys for {id} are published and sign all new credentials.\nOnce devices have renewed, run: wegweiser tenant retire-keys {id}"
                 )
             });
+        }
+        TenantCommand::SetRetention { id, days } => {
+            let (r, purged) = auth.set_retention(&id, days, "cli").await?;
+            let s = crate::authority::TenantSummary::from(&r);
+            print(
+                json,
+                &serde_json::json!({"tenant": s, "purged": purged}),
+                || format!("Reports of {id} are kept {days}; {purged} older report(s) purged."),
+            );
         }
         TenantCommand::Sync { id } => {
             auth.sync_tenant(&id).await?;
@@ -966,9 +1003,10 @@ pub struct ServiceTasks {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Starts the renewal and trust responders, the telemetry ingest, the trust driver (signing
-/// with the root keys in `root_dir`), the HTTPS server (when configured) and the reconciler.
-/// Creates the first command keyset if there is none.
+/// Starts the renewal and trust responders, the telemetry ingest, the retention sweeper (at
+/// once, then every [`crate::retention::SWEEP_INTERVAL`]), the trust driver (signing with the
+/// root keys in `root_dir`), the HTTPS server (when configured) and the reconciler. Creates the
+/// first command keyset if there is none.
 pub async fn start_service(auth: &Authority, root_dir: &Path) -> anyhow::Result<ServiceTasks> {
     if auth.trust_bootstrap(root_dir).await? {
         tracing::info!("Created the first command keyset.");
@@ -1022,6 +1060,16 @@ pub async fn start_service(auth: &Authority, root_dir: &Path) -> anyhow::Result<
             }
         }));
     }
+    let sweeper = auth.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::retention::SWEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            if let Err(e) = sweeper.sweep_retention(std::time::SystemTime::now()).await {
+                tracing::warn!(error = %e, "Retention sweep failed; retrying later.");
+            }
+        }
+    }));
     let repairer = auth.clone();
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
@@ -1098,6 +1146,7 @@ async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
                 id: a.tenant.clone(),
                 name: Some("Demo MSP".into()),
                 limits: None,
+                retention_days: None,
             })
             .await?
         }

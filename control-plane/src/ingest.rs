@@ -110,56 +110,95 @@ pub async fn run(auth: Authority) -> anyhow::Result<()> {
             },
         )
         .await?;
-    let mut messages = consumer.messages().await?;
-    while let Some(m) = messages.next().await {
-        let m = match m {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "Ingest consumer error; continuing.");
-                continue;
+    // Take whatever has arrived (up to a batch) at once: the latest entry of a key is written
+    // once per batch however many of its reports the batch holds, and the writes of different
+    // keys are in flight together.
+    let mut batches = consumer.messages().await?.ready_chunks(INGEST_BATCH);
+    while let Some(batch) = batches.next().await {
+        let mut messages = Vec::with_capacity(batch.len());
+        for m in batch {
+            match m {
+                Ok(m) => messages.push(m),
+                Err(e) => tracing::warn!(error = %e, "Ingest consumer error; continuing."),
             }
-        };
-        if let Err(e) = store_latest(&auth, &latest, &m.subject, &m.payload).await {
-            tracing::warn!(error = %e, subject = %m.subject, "Report not indexed.");
         }
-        if let Err(e) = m.ack().await {
-            tracing::warn!(error = %e, "Cannot acknowledge a report to the ingest consumer.");
+        index_batch(&auth, &latest, &messages).await;
+        for m in &messages {
+            if let Err(e) = m.ack().await {
+                tracing::warn!(error = %e, "Cannot acknowledge a report to the ingest consumer.");
+            }
         }
     }
     Ok(())
 }
 
-async fn store_latest(
-    auth: &Authority,
-    latest: &kv::Store,
-    subject: &str,
-    payload: &[u8],
-) -> Result<(), AuthorityError> {
-    let Some((account, device, kind)) = parse_subject(subject) else {
-        return Ok(());
-    };
-    if kind == Kind::Event {
-        return Ok(());
+/// Reports indexed together at most.
+pub const INGEST_BATCH: usize = 512;
+/// Latest-entry writes in flight at once.
+const INGEST_WRITES: usize = 64;
+
+/// Writes the latest entry of every key the batch touches (the last report of each key wins:
+/// the stream delivers in order). Failures are logged; the reports stay in the history.
+async fn index_batch(auth: &Authority, latest: &kv::Store, messages: &[jetstream::Message]) {
+    let received_at = wegweiser_shared::time::now();
+    let mut newest: std::collections::HashMap<String, bytes::Bytes> =
+        std::collections::HashMap::new();
+    let mut accounts: std::collections::HashMap<AccountKey, Option<TenantId>> =
+        std::collections::HashMap::new();
+    for m in messages {
+        let Some((account, device, kind)) = parse_subject(&m.subject) else {
+            continue;
+        };
+        if kind == Kind::Event {
+            continue;
+        }
+        let tenant = match accounts.get(&account) {
+            Some(t) => t.clone(),
+            None => {
+                let t = match auth.tenant_by_account(&account).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(error = %e, subject = %m.subject, "Report not indexed.");
+                        None
+                    }
+                };
+                accounts.insert(account, t.clone());
+                t
+            }
+        };
+        if let Some(tenant) = tenant {
+            newest.insert(latest_key(&tenant, &device, kind), m.payload.clone());
+        }
     }
-    let Some(tenant) = auth.tenant_by_account(&account).await? else {
-        return Ok(());
-    };
+    let writes = futures::stream::iter(newest)
+        .map(|(key, payload)| {
+            let latest = latest.clone();
+            write_latest(latest, key, payload, received_at)
+        })
+        .buffer_unordered(INGEST_WRITES);
+    writes.collect::<Vec<()>>().await;
+}
+
+async fn write_latest(latest: kv::Store, key: String, payload: bytes::Bytes, received_at: i64) {
     // Only JSON objects are kept; anything else stays in the history only.
-    let Ok(report @ serde_json::Value::Object(_)) = serde_json::from_slice(payload) else {
-        return Ok(());
+    let Ok(report @ serde_json::Value::Object(_)) = serde_json::from_slice(&payload) else {
+        return;
     };
     let entry = Latest {
-        received_at: wegweiser_shared::time::now(),
+        received_at,
         report,
     };
-    latest
-        .put(
-            latest_key(&tenant, &device, kind),
-            serde_json::to_vec(&entry).map_err(store_err)?.into(),
-        )
-        .await
-        .map_err(store_err)?;
-    Ok(())
+    let result = match serde_json::to_vec(&entry) {
+        Ok(bytes) => latest
+            .put(&key, bytes.into())
+            .await
+            .map(|_| ())
+            .map_err(store_err),
+        Err(e) => Err(store_err(e)),
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, key = %key, "Latest report not stored.");
+    }
 }
 
 impl Authority {

@@ -148,6 +148,10 @@ pub struct TenantRecord {
     pub last_iat: i64,
     /// Sealed [`TenantSecrets`].
     pub sealed: String,
+    /// How long the tenant's reports are kept (`None`: `telemetry_retention_days` from the
+    /// configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<crate::retention::RetentionDays>,
 }
 
 /// The tenant's seeds; sealed under the master key in the record.
@@ -440,6 +444,7 @@ mod tests {
             jwt: String::new(),
             last_iat: 0,
             sealed: String::new(),
+            retention_days: None,
         };
         let secrets = TenantSecrets {
             account_seed: acc.seed().unwrap(),

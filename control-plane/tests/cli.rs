@@ -215,6 +215,34 @@ async fn the_written_config_boots_the_pinned_server_and_the_cli_manages_tenants(
     let o = run(vec!["tenant", "create", "acme"]).await;
     assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
 
+    // Retention per tenant: checked on the command line, stored in the record.
+    let o = run(vec!["tenant", "create", "brief", "--retention-days", "0"]).await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("1 to 3650 days"), "{}", stderr(&o));
+    let o = run(vec![
+        "--json",
+        "tenant",
+        "create",
+        "brief",
+        "--retention-days",
+        "7",
+    ])
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(t["retention_days"], 7);
+    let o = run(vec!["tenant", "set-retention", "acme", "3651"]).await;
+    assert!(stderr(&o).contains("1 to 3650 days"), "{}", stderr(&o));
+    let o = run(vec!["--json", "tenant", "set-retention", "acme", "90"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(vec!["--json", "tenant", "show", "acme"]).await;
+    let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(t["retention_days"], 90);
+    let o = run(vec!["tenant", "set-retention", "nobody", "5"]).await;
+    assert!(stderr(&o).contains("unknown tenant"), "{}", stderr(&o));
+    let o = run(vec!["tenant", "delete", "brief", "--yes"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+
     let creds = tmp.path().join("alice.creds");
     let creds_s: &'static str = Box::leak(creds.display().to_string().into_boxed_str());
     let o = run(vec![

@@ -148,6 +148,7 @@ async fn over_nats(quick: bool) {
             id: "bench".parse().unwrap(),
             name: None,
             limits: None,
+            retention_days: None,
         })
         .await
         .unwrap();

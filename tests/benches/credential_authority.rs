@@ -40,6 +40,7 @@ async fn run(quick: bool) {
             id: "bench".parse().unwrap(),
             name: None,
             limits: None,
+            retention_days: None,
         })
         .await
         .unwrap();
@@ -88,6 +89,7 @@ async fn run(quick: bool) {
                 id: format!("seq-{i}").parse().unwrap(),
                 name: None,
                 limits: None,
+                retention_days: None,
             })
             .await
             .unwrap();
@@ -113,6 +115,7 @@ async fn run(quick: bool) {
                     id: format!("par-{i}").parse().unwrap(),
                     name: None,
                     limits: None,
+                    retention_days: None,
                 })
                 .await
                 .unwrap();

@@ -49,6 +49,7 @@ async fn run(quick: bool) {
             id: "bench".parse().unwrap(),
             name: None,
             limits: None,
+            retention_days: None,
         })
         .await
         .unwrap();

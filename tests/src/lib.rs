@@ -170,6 +170,7 @@ impl Platform {
                 id: id.parse()?,
                 name: None,
                 limits: None,
+                retention_days: None,
             })
             .await?)
     }

@@ -309,7 +309,9 @@ async fn the_agent_follows_a_key_rotation_and_restarts_on_command() {
     let run = Running::start(&state);
     let mut caught_up = false;
     for _ in 0..30 {
-        let h = next_heartbeat(&mut hb, Duration::from_secs(5)).await.unwrap();
+        let h = next_heartbeat(&mut hb, Duration::from_secs(5))
+            .await
+            .unwrap();
         if h["keyset_version"] == rec.keyset.version {
             caught_up = true;
             break;

@@ -42,6 +42,7 @@ async fn tenants_and_devices_are_isolated() {
                 id,
                 name: None,
                 limits: None,
+                retention_days: None,
             })
             .await
             .unwrap();

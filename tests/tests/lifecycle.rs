@@ -29,6 +29,7 @@ async fn tenant(p: &Platform, id: &str) -> TenantRecord {
             id: id.parse().unwrap(),
             name: None,
             limits: None,
+            retention_days: None,
         })
         .await
         .unwrap()
@@ -414,6 +415,7 @@ async fn tenants_are_unique_deleted_completely_and_errors_are_clear() {
             id: t.id.clone(),
             name: None,
             limits: None,
+            retention_days: None,
         })
         .await
         .unwrap_err();
