@@ -44,6 +44,8 @@ const ERROR_SERVICE_DOES_NOT_EXIST: i32 = 1060;
 const ERROR_FAILED_SERVICE_CONTROLLER_CONNECT: i32 = 1063;
 /// `ERROR_ACCESS_DENIED`.
 const ERROR_ACCESS_DENIED: i32 = 5;
+/// `ERROR_INVALID_LEVEL`: a configuration the SCM does not know (Wine: failure actions).
+const ERROR_INVALID_LEVEL: i32 = 124;
 /// `ERROR_SERVICE_ALREADY_RUNNING`.
 const ERROR_SERVICE_ALREADY_RUNNING: i32 = 1056;
 
@@ -56,6 +58,8 @@ pub struct InstallReport {
     pub replaced: bool,
     /// Whether the service was started (not with `--no-start`).
     pub started: bool,
+    /// Whether the SCM accepted the restart-on-failure policy (Wine's does not).
+    pub restart_on_failure: bool,
     /// The command line the SCM runs.
     pub command_line: String,
 }
@@ -163,18 +167,24 @@ pub fn install(opts: &super::InstallOptions) -> Result<InstallReport, ServiceErr
         action_type: ServiceActionType::Restart,
         delay: Duration::from_secs(5),
     };
-    service
+    let policy = service
         .update_failure_actions(ServiceFailureActions {
             reset_period: ServiceFailureResetPeriod::After(Duration::from_secs(24 * 3600)),
             reboot_msg: None,
             command: None,
             actions: Some(vec![restart.clone(), restart.clone(), restart]),
         })
-        .map_err(|e| scm_error("cannot set the restart policy", e))?;
-    // A stop with a non-zero exit code counts as a failure too, not only a crash.
-    service
-        .set_failure_actions_on_non_crash_failures(true)
-        .map_err(|e| scm_error("cannot set the restart policy", e))?;
+        // A stop with a non-zero exit code counts as a failure too, not only a crash.
+        .and_then(|()| service.set_failure_actions_on_non_crash_failures(true));
+    let restart_on_failure = match policy {
+        Ok(()) => true,
+        // Wine's SCM does not implement failure actions; Windows does.
+        Err(e) if winapi_code(&e) == Some(ERROR_INVALID_LEVEL) => {
+            tracing::warn!(error = %e, "This service control manager cannot restart services on failure.");
+            false
+        }
+        Err(e) => return Err(scm_error("cannot set the restart policy", e)),
+    };
     if opts.start {
         match service.start(&[] as &[&OsStr]) {
             Ok(()) => {}
@@ -186,6 +196,7 @@ pub fn install(opts: &super::InstallOptions) -> Result<InstallReport, ServiceErr
         service: SERVICE_NAME.to_owned(),
         replaced,
         started: opts.start,
+        restart_on_failure,
         command_line: command_line(&opts.exe, &opts.location),
     })
 }
