@@ -4,6 +4,8 @@
 //! The nats-server binary is found through `WEGWEISER_NATS_SERVER`, then `tools/bin`, then
 //! `PATH`; without one, every test fails with a message naming `scripts/install-nats-server`.
 
+pub mod wine;
+
 use async_nats::{Client, ConnectOptions, Event};
 use std::{
     path::{Path, PathBuf},
