@@ -1,7 +1,8 @@
 //! The `wegweiser-agent` command line. `main.rs` parses [`Cli`] and calls [`main`].
 //!
 //! Exit codes: 0 success; 1 other failures; 64 bad usage or configuration; 69 control plane
-//! unreachable or failing; 76 unexpected answer; 77 enrollment refused; 78 not enrolled, or the
+//! unreachable or failing; 76 unexpected answer; 77 enrollment refused (or, for `install` and
+//! `uninstall` on Windows, no right to manage services); 78 not enrolled, or the
 //! device must enroll again (revoked, unknown, or its key is no longer the device's).
 
 use crate::{
@@ -59,19 +60,23 @@ pub enum Command {
     Run,
     /// Show enrollment, credential expiry and connection state.
     Status,
-    /// Install a systemd service that runs this executable at boot (Linux; run as root).
+    /// Install a service that runs this executable at boot (Linux: systemd, as root; Windows:
+    /// the service control manager, as Administrator).
     Install(InstallArgs),
-    /// Stop and remove the systemd service (keeps the enrollment).
+    /// Stop and remove the service (keeps the enrollment).
     Uninstall(UninstallArgs),
+    /// Run as a Windows service (what the service control manager starts; not for consoles).
+    #[command(hide = true)]
+    Service,
 }
 
 /// `install` options. The service uses the system location unless `--state-dir` is given.
 #[derive(Debug, Args)]
 pub struct InstallArgs {
-    /// Write the unit here instead of /etc/systemd/system (then systemctl is not run).
+    /// Write the unit here instead of /etc/systemd/system (then systemctl is not run; Linux only).
     #[arg(long, value_name = "DIR")]
     pub unit_dir: Option<PathBuf>,
-    /// Only write the unit: do not reload systemd or enable and start the service.
+    /// Only write the unit (Linux) or create the service (Windows): do not start it.
     #[arg(long)]
     pub no_start: bool,
 }
@@ -79,7 +84,7 @@ pub struct InstallArgs {
 /// `uninstall` options.
 #[derive(Debug, Args)]
 pub struct UninstallArgs {
-    /// Remove the unit from here instead of /etc/systemd/system (then systemctl is not run).
+    /// Remove the unit from here instead of /etc/systemd/system (then systemctl is not run; Linux only).
     #[arg(long, value_name = "DIR")]
     pub unit_dir: Option<PathBuf>,
 }
@@ -149,18 +154,14 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         };
     }
     if let Some(e) = e.downcast_ref::<RunError>() {
-        return match e {
-            RunError::ReenrollRequired { .. } => EXIT_REENROLL,
-            RunError::Store(s) => store_exit_code(s),
-            RunError::Connect(_) => EXIT_USAGE,
-            RunError::AlreadyRunning { .. } | RunError::Lock { .. } | RunError::Spool(_) => 1,
-        };
+        return run_exit_code(e);
     }
     if let Some(e) = e.downcast_ref::<ServiceError>() {
         return match e {
             ServiceError::Unsupported { .. } | ServiceError::BadPath { .. } => EXIT_USAGE,
             ServiceError::NotEnrolled { .. } => EXIT_REENROLL,
             ServiceError::Systemctl { missing: true, .. } => EXIT_UNAVAILABLE,
+            ServiceError::Scm { denied: true, .. } => EXIT_REFUSED,
             _ => 1,
         };
     }
@@ -168,6 +169,16 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         return EXIT_USAGE;
     }
     1
+}
+
+/// The exit code of `run` ending with `e` (also what the Windows service reports).
+pub fn run_exit_code(e: &RunError) -> u8 {
+    match e {
+        RunError::ReenrollRequired { .. } => EXIT_REENROLL,
+        RunError::Store(s) => store_exit_code(s),
+        RunError::Connect(_) => EXIT_USAGE,
+        RunError::AlreadyRunning { .. } | RunError::Lock { .. } | RunError::Spool(_) => 1,
+    }
 }
 
 fn store_exit_code(e: &StoreError) -> u8 {
@@ -250,6 +261,10 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             print(json, &r, || r.to_text(now));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Service => {
+            service_main(paths)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Install(_) | Command::Uninstall(_) => Ok(ExitCode::SUCCESS),
     }
 }
@@ -264,6 +279,38 @@ fn unit_location(location: &Location) -> UnitLocation {
     }
 }
 
+#[cfg(windows)]
+fn service_main(paths: Paths) -> Result<(), ServiceError> {
+    service::windows::run_service(paths)
+}
+
+#[cfg(not(windows))]
+fn service_main(_paths: Paths) -> Result<(), ServiceError> {
+    Err(ServiceError::Unsupported {
+        command: "service (Windows only; use `run`)",
+    })
+}
+
+#[cfg(windows)]
+fn install(location: &Location, a: InstallArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let r = service::windows::install(&InstallOptions {
+        exe: service::current_exe()?,
+        location: unit_location(location),
+        unit_dir: a.unit_dir,
+        start: !a.no_start,
+    })?;
+    print(json, &r, || r.to_text());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(windows)]
+fn uninstall(location: &Location, a: UninstallArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let r = service::windows::uninstall(a.unit_dir.as_deref(), &unit_location(location))?;
+    print(json, &r, || r.to_text());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(windows))]
 fn install(location: &Location, a: InstallArgs, json: bool) -> anyhow::Result<ExitCode> {
     let r = service::install(&InstallOptions {
         exe: service::current_exe()?,
@@ -275,6 +322,7 @@ fn install(location: &Location, a: InstallArgs, json: bool) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(not(windows))]
 fn uninstall(location: &Location, a: UninstallArgs, json: bool) -> anyhow::Result<ExitCode> {
     let r = service::uninstall(a.unit_dir.as_deref(), &unit_location(location))?;
     print(json, &r, || r.to_text());
@@ -289,7 +337,8 @@ fn location_flags(location: &Location, paths: &Paths) -> String {
     }
 }
 
-/// Completes on Ctrl-C, or SIGTERM on Unix: the one shutdown path of `run`.
+/// Completes on Ctrl-C, or SIGTERM on Unix: the one shutdown path of `run` (the Windows
+/// service's Stop control completes the same way, see [`crate::service`]).
 pub async fn shutdown_signal() {
     #[cfg(unix)]
     {

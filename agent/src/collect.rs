@@ -4,7 +4,10 @@
 //! | what | Linux | Windows |
 //! |---|---|---|
 //! | hostname, os_version, machine_id | [`crate::facts`] (same values as at enrollment), sysinfo as fallback | same |
-//! | CPU, memory, disks, interfaces, processes | sysinfo | sysinfo (CPU guarded, see below) |
+//! | CPU use (total) | sysinfo (`/proc/stat`) | `GetSystemTimes` deltas ([`cpu_use`]) |
+//! | CPU use per core | sysinfo | **not reported** (empty `cpu_per_core`) |
+//! | CPU model, cores, MHz | sysinfo | registry `CentralProcessor\0` (`ProcessorNameString`, `~MHz`), logical processors |
+//! | memory, disks, interfaces, processes | sysinfo | sysinfo |
 //! | software | `/var/lib/dpkg/status`; `rpm -qa` when `rpm` and `/var/lib/rpm` exist | `reg query /s` of the `Uninstall` keys |
 //!
 //! Both calls block (files, `/proc`, child processes): from async code run them in
@@ -13,9 +16,15 @@
 //!
 //! CPU use needs two samples spaced apart: the first [`Collector::metrics`] call returns 0 for
 //! CPU (and for network rates); the agent takes metrics every 60 s, so from the second report on
-//! the values are averages over the interval. On Windows sysinfo reads CPU use through PDH, which
-//! Wine does not implement; a panic or missing data there gives 0 and one CPU [`CollectError`]
-//! (see [`Collector::take_errors`]) instead of bringing the agent down.
+//! the values are averages over the interval.
+//!
+//! On Windows sysinfo's CPU refresh goes through PDH (performance counters), and re-enumerates
+//! them with `PdhEnumObjects` when a counter is missing; Wine has no such function (calling it
+//! kills the process), and PDH is slow and locale-sensitive on real Windows too. So on Windows
+//! the agent never refreshes sysinfo's CPUs: total use comes from `GetSystemTimes` (busy =
+//! kernel + user − idle, over the interval), the model and clock from the registry, and per-core
+//! use is left empty. Elsewhere a panic inside sysinfo's CPU refresh gives 0 and one CPU
+//! [`CollectError`] (see [`Collector::take_errors`]) instead of bringing the agent down.
 
 use std::collections::{BTreeSet, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -39,6 +48,7 @@ pub const TOP_PROCESSES: usize = 5;
 const DPKG_STATUS: &str = "/var/lib/dpkg/status";
 const RPM_DBS: [&str; 2] = ["/var/lib/rpm", "/usr/lib/sysimage/rpm"];
 const RPM_QUERY_FORMAT: &str = "%{NAME}\t%{VERSION}-%{RELEASE}\t%{VENDOR}\n";
+const CPU_KEY: &str = r"HARDWARE\DESCRIPTION\System\CentralProcessor\0";
 const UNINSTALL_KEYS: [&str; 2] = [
     r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall",
     r"HKLM\SOFTWARE\WOW6432Node\Microsoft\Windows\CurrentVersion\Uninstall",
@@ -83,6 +93,8 @@ pub struct Collector {
     cpu_broken: bool,
     /// The CPU failure was already reported.
     cpu_reported: bool,
+    /// Windows: `GetSystemTimes` (idle, kernel, user) at the previous metrics call.
+    cpu_times_prev: Option<(u64, u64, u64)>,
     errors: Vec<CollectError>,
 }
 
@@ -114,6 +126,7 @@ impl Collector {
             net_prev_at: None,
             cpu_broken: false,
             cpu_reported: false,
+            cpu_times_prev: None,
             errors: Vec::new(),
         }
     }
@@ -124,9 +137,10 @@ impl Collector {
         std::mem::take(&mut self.errors)
     }
 
-    /// Refreshes CPU data with `kind`, catching a panic inside sysinfo (PDH under Wine).
+    /// Refreshes CPU data with `kind`, catching a panic inside sysinfo. Never on Windows (PDH,
+    /// see the module docs).
     fn refresh_cpu(&mut self, kind: CpuRefreshKind) {
-        if self.cpu_broken {
+        if self.cpu_broken || cfg!(windows) {
             return;
         }
         let system = &mut self.system;
@@ -177,16 +191,23 @@ impl Collector {
             .unwrap_or_default();
 
         let cpus = self.system.cpus();
-        let cpu_model = cpus
-            .first()
-            .map(|c| c.brand().trim().to_owned())
-            .unwrap_or_default();
+        let cpu_model = if cfg!(windows) {
+            crate::platform::registry_string(CPU_KEY, "ProcessorNameString").unwrap_or_default()
+        } else {
+            cpus.first()
+                .map(|c| c.brand().trim().to_owned())
+                .unwrap_or_default()
+        };
         let cpu_cores = if cpus.is_empty() {
             std::thread::available_parallelism().map_or(0, |n| n.get())
         } else {
             cpus.len()
         };
-        let cpu_mhz = cpus.iter().map(|c| c.frequency()).max().unwrap_or(0);
+        let cpu_mhz = if cfg!(windows) {
+            crate::platform::registry_dword(CPU_KEY, "~MHz").map_or(0, u64::from)
+        } else {
+            cpus.iter().map(|c| c.frequency()).max().unwrap_or(0)
+        };
 
         let (software, software_errors) = collect_software();
         errors.extend(software_errors);
@@ -273,7 +294,9 @@ impl Collector {
         self.disks.refresh(true);
         self.networks.refresh(true);
 
-        let (cpu, cpu_per_core) = if self.cpu_broken {
+        let (cpu, cpu_per_core) = if cfg!(windows) {
+            (self.windows_cpu(), Vec::new())
+        } else if self.cpu_broken {
             (0.0, Vec::new())
         } else {
             let per_core: Vec<f32> = self.system.cpus().iter().map(|c| c.cpu_usage()).collect();
@@ -332,6 +355,22 @@ impl Collector {
             top_memory,
             uptime: System::uptime(),
         }
+    }
+
+    /// Total CPU use since the previous call from `GetSystemTimes` (0 on the first call, and when
+    /// the call fails: reported once as a CPU [`CollectError`]).
+    fn windows_cpu(&mut self) -> f32 {
+        let Some(now) = crate::platform::cpu_times() else {
+            if !self.cpu_reported {
+                self.cpu_reported = true;
+                self.errors
+                    .push(CollectError::new("cpu", "GetSystemTimes failed"));
+            }
+            return 0.0;
+        };
+        let used = self.cpu_times_prev.map_or(0.0, |prev| cpu_use(prev, now));
+        self.cpu_times_prev = Some(now);
+        used
     }
 
     /// Bytes per second per interface since the previous call (0 on the first).
@@ -410,6 +449,23 @@ fn nonempty(s: String) -> Option<String> {
 
 fn finite(x: f32) -> f32 {
     if x.is_finite() { x.max(0.0) } else { 0.0 }
+}
+
+/// Total CPU use in percent between two `GetSystemTimes` samples (idle, kernel including idle,
+/// user): busy time over all time. 0 when no time passed or a counter went back.
+pub fn cpu_use(before: (u64, u64, u64), after: (u64, u64, u64)) -> f32 {
+    let idle = after.0.checked_sub(before.0);
+    let kernel = after.1.checked_sub(before.1);
+    let user = after.2.checked_sub(before.2);
+    let (Some(idle), Some(kernel), Some(user)) = (idle, kernel, user) else {
+        return 0.0;
+    };
+    let total = kernel.saturating_add(user);
+    if total == 0 {
+        return 0.0;
+    }
+    let busy = total.saturating_sub(idle);
+    finite((busy as f64 / total as f64 * 100.0) as f32).min(100.0)
 }
 
 fn rate(before: u64, after: u64, secs: f64) -> u64 {
@@ -706,6 +762,19 @@ Package: half
 Status: install ok half-installed
 Version: 0.1
 ";
+
+    #[test]
+    fn cpu_use_from_system_times() {
+        // 1000 units passed on each of kernel (250 of them idle) and user: 1750 busy of 2000.
+        assert_eq!(cpu_use((100, 200, 300), (350, 1200, 1300)), 87.5);
+        assert_eq!(cpu_use((0, 0, 0), (0, 0, 0)), 0.0);
+        // All idle.
+        assert_eq!(cpu_use((0, 0, 0), (500, 500, 0)), 0.0);
+        // A counter that went back gives 0, never a negative or huge value.
+        assert_eq!(cpu_use((10, 10, 10), (5, 20, 20)), 0.0);
+        // Idle larger than kernel + user (inconsistent samples) is clamped.
+        assert_eq!(cpu_use((0, 0, 0), (900, 100, 100)), 0.0);
+    }
 
     #[test]
     fn dpkg_status_keeps_installed_packages_only() {

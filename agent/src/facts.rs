@@ -2,15 +2,22 @@
 //!
 //! | fact | Linux | Windows | elsewhere |
 //! |---|---|---|---|
-//! | hostname | `/proc/sys/kernel/hostname`, `/etc/hostname` | `COMPUTERNAME` | `HOSTNAME` |
+//! | hostname | `/proc/sys/kernel/hostname`, `/etc/hostname` | `COMPUTERNAME`, registry `ActiveComputerName` | `HOSTNAME` |
 //! | os, arch | `std::env::consts` | same | same |
-//! | os_version | `PRETTY_NAME` of `/etc/os-release` | registry `ProductName` | empty |
+//! | os_version | `PRETTY_NAME` of `/etc/os-release` | registry `ProductName` (and `DisplayVersion`) | empty |
 //! | machine_id | `/etc/machine-id`, `/var/lib/dbus/machine-id` | registry `MachineGuid` | `--machine-id` |
+//!
+//! On Windows the registry is read directly (`RegGetValueW`, 64-bit view, through
+//! [`crate::platform::registry_string`]), so a 32-bit view or a missing `reg.exe` does not matter;
+//! under Wine, `wineboot` writes `MachineGuid` when it creates the prefix.
 //!
 //! `--machine-id` overrides what is found. Nothing here fails: missing facts are empty and
 //! [`DeviceFacts::problems`] names them.
 
 use wegweiser_shared::enroll::DeviceFacts;
+
+/// Where Windows keeps its product name and release.
+const WINDOWS_VERSION_KEY: &str = r"SOFTWARE\Microsoft\Windows NT\CurrentVersion";
 
 /// Collects the facts of this machine; `machine_id` overrides the detected machine id.
 pub fn collect(machine_id: Option<&str>) -> DeviceFacts {
@@ -47,7 +54,12 @@ fn hostname() -> String {
     let found = if cfg!(target_os = "linux") {
         first_file(&["/proc/sys/kernel/hostname", "/etc/hostname"])
     } else if cfg!(windows) {
-        env_nonempty("COMPUTERNAME")
+        env_nonempty("COMPUTERNAME").or_else(|| {
+            crate::platform::registry_string(
+                r"SYSTEM\CurrentControlSet\Control\ComputerName\ActiveComputerName",
+                "ComputerName",
+            )
+        })
     } else {
         None
     };
@@ -63,11 +75,13 @@ fn os_version() -> String {
             .and_then(|t| pretty_name(&t))
             .unwrap_or_default()
     } else if cfg!(windows) {
-        reg_query(
-            r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion",
-            "ProductName",
-        )
-        .unwrap_or_default()
+        let product = crate::platform::registry_string(WINDOWS_VERSION_KEY, "ProductName");
+        let release = crate::platform::registry_string(WINDOWS_VERSION_KEY, "DisplayVersion");
+        match (product, release) {
+            (Some(p), Some(r)) => format!("{p} {r}"),
+            (Some(p), None) => p,
+            (None, _) => String::new(),
+        }
     } else {
         String::new()
     }
@@ -77,7 +91,8 @@ fn detect_machine_id() -> String {
     if cfg!(target_os = "linux") {
         first_file(&["/etc/machine-id", "/var/lib/dbus/machine-id"]).unwrap_or_default()
     } else if cfg!(windows) {
-        reg_query(r"HKLM\SOFTWARE\Microsoft\Cryptography", "MachineGuid").unwrap_or_default()
+        crate::platform::registry_string(r"SOFTWARE\Microsoft\Cryptography", "MachineGuid")
+            .unwrap_or_default()
     } else {
         String::new()
     }
@@ -94,33 +109,6 @@ fn pretty_name(os_release: &str) -> Option<String> {
             .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
             .unwrap_or(value);
         (!unquoted.is_empty()).then(|| unquoted.to_owned())
-    })
-}
-
-/// A string value from the Windows registry through `reg query` (no `unsafe` Win32 calls).
-fn reg_query(key: &str, value: &str) -> Option<String> {
-    let out = std::process::Command::new("reg")
-        .args(["query", key, "/v", value])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    parse_reg_output(&String::from_utf8_lossy(&out.stdout), value)
-}
-
-/// Finds `    <value>    REG_SZ    <data>` in `reg query` output.
-fn parse_reg_output(output: &str, value: &str) -> Option<String> {
-    output.lines().find_map(|line| {
-        let mut parts = line.split_whitespace();
-        if !parts.next()?.eq_ignore_ascii_case(value) {
-            return None;
-        }
-        if !parts.next()?.starts_with("REG_") {
-            return None;
-        }
-        let data = parts.collect::<Vec<_>>().join(" ");
-        (!data.is_empty()).then_some(data)
     })
 }
 
@@ -152,7 +140,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_os_release_and_reg_output() {
+    fn parses_os_release() {
         let text = "NAME=\"Ubuntu\"\nPRETTY_NAME=\"Ubuntu 24.04.1 LTS\"\nID=ubuntu\n";
         assert_eq!(pretty_name(text).as_deref(), Some("Ubuntu 24.04.1 LTS"));
         assert_eq!(
@@ -160,16 +148,5 @@ mod tests {
             Some("Alpine")
         );
         assert_eq!(pretty_name("NAME=x\n"), None);
-        let reg = "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Cryptography\r\n    MachineGuid    REG_SZ    6f1c1d2e-0000-4a4b-9c9d-123456789abc\r\n\r\n";
-        assert_eq!(
-            parse_reg_output(reg, "MachineGuid").as_deref(),
-            Some("6f1c1d2e-0000-4a4b-9c9d-123456789abc")
-        );
-        let product = "    ProductName    REG_SZ    Windows 10 Pro\r\n";
-        assert_eq!(
-            parse_reg_output(product, "ProductName").as_deref(),
-            Some("Windows 10 Pro")
-        );
-        assert_eq!(parse_reg_output(reg, "Other"), None);
     }
 }

@@ -222,15 +222,17 @@ mod tests {
     #[test]
     fn state_dir_holds_everything() {
         let p = Paths::resolve(&Location::Dir("/srv/agent".into())).unwrap();
-        assert_eq!(p.config_file(), Path::new("/srv/agent/agent.toml"));
-        assert_eq!(p.seed_file(), Path::new("/srv/agent/device.nk"));
-        assert_eq!(p.next_seed_file(), Path::new("/srv/agent/device.nk.next"));
-        assert_eq!(p.jwt_file(), Path::new("/srv/agent/device.jwt"));
-        assert_eq!(p.ca_file(), Path::new("/srv/agent/nats-ca.pem"));
-        assert_eq!(p.status_file(), Path::new("/srv/agent/status.json"));
-        assert_eq!(p.spool_dir(), Path::new("/srv/agent/spool"));
-        assert_eq!(p.trust_file(), Path::new("/srv/agent/trust.json"));
-        assert_eq!(p.replay_file(), Path::new("/srv/agent/commands.seen"));
+        // Absolute on every platform (on Windows `/srv/agent` is on the current drive).
+        let base = std::path::absolute("/srv/agent").unwrap();
+        assert_eq!(p.config_file(), base.join("agent.toml"));
+        assert_eq!(p.seed_file(), base.join("device.nk"));
+        assert_eq!(p.next_seed_file(), base.join("device.nk.next"));
+        assert_eq!(p.jwt_file(), base.join("device.jwt"));
+        assert_eq!(p.ca_file(), base.join("nats-ca.pem"));
+        assert_eq!(p.status_file(), base.join("status.json"));
+        assert_eq!(p.spool_dir(), base.join("spool"));
+        assert_eq!(p.trust_file(), base.join("trust.json"));
+        assert_eq!(p.replay_file(), base.join("commands.seen"));
     }
 
     #[test]
@@ -255,8 +257,10 @@ mod tests {
     fn user_location_uses_project_dirs() {
         // HOME is set on CI and developer machines; ProjectDirs then always answers.
         if let Ok(p) = Paths::user() {
-            assert!(p.config_dir().ends_with("wegweiser"), "{p:?}");
-            assert!(p.state_dir().ends_with("wegweiser"), "{p:?}");
+            // `…/wegweiser` on Linux, `…\\wegweiser\\config` and `…\\data` on Windows.
+            let named = |d: &Path| d.components().any(|c| c.as_os_str() == "wegweiser");
+            assert!(named(p.config_dir()), "{p:?}");
+            assert!(named(p.state_dir()), "{p:?}");
             if cfg!(target_os = "linux") {
                 assert_ne!(p.config_dir(), p.state_dir());
             }

@@ -1,4 +1,6 @@
-//! `install` / `uninstall`: a systemd unit that runs `wegweiser-agent run` at boot (Linux only).
+//! `install` / `uninstall`: a systemd unit that runs `wegweiser-agent run` at boot (Linux), or a
+//! Windows service (`windows`, built on Windows only: the service control manager, LocalSystem,
+//! automatic start, restart on failure; see `agent/src/service/windows.rs`).
 //!
 //! Nothing is copied: the unit's `ExecStart` is the absolute path of the running executable, so
 //! install the binary where it should stay first. `install` needs an existing enrollment (the
@@ -7,6 +9,9 @@
 //! With the default unit directory, `install` runs `systemctl daemon-reload` and
 //! `systemctl enable --now`, `uninstall` runs `systemctl disable --now` and `daemon-reload`. A
 //! custom `--unit-dir` (or `--no-start`) only writes or removes the file.
+
+#[cfg(windows)]
+pub mod windows;
 
 use crate::{paths::Paths, store};
 use serde::Serialize;
@@ -32,10 +37,12 @@ pub enum UnitLocation {
 }
 
 impl UnitLocation {
-    /// The agent's paths for this location (Linux layout).
+    /// The agent's paths for this location on this operating system.
     pub fn paths(&self) -> Paths {
         match self {
-            Self::System => Paths::system_for("linux", None),
+            Self::System => {
+                Paths::system_for(std::env::consts::OS, std::env::var_os("ProgramData"))
+            }
             Self::StateDir(dir) => Paths::in_dir(dir.clone()),
         }
     }
@@ -62,7 +69,7 @@ impl UnitLocation {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServiceError {
-    /// Not Linux.
+    /// Not Linux or Windows, or an option of the other one.
     #[error("{command} is only available on Linux with systemd in this version")]
     Unsupported {
         /// `install` or `uninstall`.
@@ -100,6 +107,16 @@ pub enum ServiceError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// The Windows service control manager refused or failed.
+    #[error("{action}: {detail}{}", if *denied { " (run as Administrator)" } else { "" })]
+    Scm {
+        /// What was being done.
+        action: String,
+        /// The system's answer.
+        detail: String,
+        /// Whether access was denied.
+        denied: bool,
     },
     /// `systemctl` is missing or failed.
     #[error("`systemctl {args}` {detail}\n{todo}")]
@@ -455,6 +472,7 @@ impl UninstallReport {
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     #[test]
     fn system_unit() {
         let unit = render_unit(
@@ -530,6 +548,7 @@ mod tests {
         assert_eq!(shell_quote(Path::new("/a b/it's")), r"'/a b/it'\''s'");
     }
 
+    #[cfg(unix)]
     #[test]
     fn bad_paths_are_refused() {
         assert!(check_path(Path::new("relative/agent")).is_err());

@@ -249,8 +249,8 @@ impl Spool {
             });
         }
         platform::create_private_dir(dir).map_err(io_err(dir))?;
-        if let Ok(Some(mode)) = platform::too_open(dir) {
-            tracing::warn!(dir = %dir.display(), mode = %format_args!("{mode:o}"), "The spool directory is accessible to other users.");
+        if let Ok(Some(access)) = platform::too_open(dir) {
+            tracing::warn!(dir = %dir.display(), %access, "The spool directory is accessible to other users.");
         }
         let lock_path = dir.join(LOCK_FILE);
         let lock = platform::try_lock(&lock_path)

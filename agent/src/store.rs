@@ -55,13 +55,14 @@ pub enum StoreError {
     },
     /// The seed file can be read by group or others.
     #[error(
-        "{path} is readable by other users (mode {mode:o}); run `chmod 600 {path}` and enroll again if someone else may have copied it"
+        "{path} is readable by other users ({access}); run `{fix}` and enroll again if someone else may have copied it",
+        fix = access.fix(path)
     )]
     TooOpen {
         /// The file.
         path: String,
-        /// Its permission bits.
-        mode: u32,
+        /// Who else may read it (permission bits on Unix, principals on Windows).
+        access: platform::Exposure,
     },
     /// The seed file does not hold a user nkey seed.
     #[error("{path} does not hold a valid user nkey seed; enroll again with `--force`")]
@@ -332,14 +333,15 @@ fn read_limited(path: &Path, what: &'static str) -> Result<SecretString, StoreEr
     ))
 }
 
-/// Reads a user seed, refusing a file that group or others can read (Unix).
+/// Reads a user seed, refusing a file that others can read (group/other bits on Unix, other
+/// principals in the DACL on Windows).
 pub fn load_seed(path: &Path) -> Result<nkeys::KeyPair, StoreError> {
     if path.exists()
-        && let Some(mode) = platform::too_open(path).map_err(io(path))?
+        && let Some(access) = platform::too_open(path).map_err(io(path))?
     {
         return Err(StoreError::TooOpen {
             path: path.display().to_string(),
-            mode,
+            access,
         });
     }
     let text = read_limited(path, "the device's key")?;
@@ -563,7 +565,10 @@ mod tests {
 
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
         let e = load_seed(&path).unwrap_err();
-        assert!(matches!(e, StoreError::TooOpen { mode: 0o640, .. }), "{e}");
+        assert!(
+            matches!(&e, StoreError::TooOpen { access, .. } if access.mode() == Some(0o640)),
+            "{e}"
+        );
         let text = e.to_string();
         assert!(
             text.contains(&format!("chmod 600 {}", path.display())),

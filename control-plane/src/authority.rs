@@ -173,6 +173,49 @@ fn check_ttl(ttl: Option<i64>, max: i64) -> Result<i64, AuthorityError> {
     }
 }
 
+/// The current value of every key of `store` matching `keys` (a KV key pattern such as
+/// `acme.*`), read in one pass by an ordered consumer (last value per subject); deleted and
+/// purged keys are left out.
+pub(crate) async fn kv_values(
+    client: &async_nats::Client,
+    store: &kv::Store,
+    keys: &str,
+) -> Result<Vec<(String, bytes::Bytes)>, AuthorityError> {
+    use futures::StreamExt;
+    let consumer = store
+        .stream
+        .create_consumer(jetstream::consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: format!("{}{keys}", store.prefix),
+            replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .map_err(store_err)?;
+    let mut out = Vec::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await.map_err(store_err)?;
+    while let Some(m) = messages.next().await {
+        let m = m.map_err(store_err)?;
+        let pending = m.info().map_err(store_err)?.pending;
+        let deleted = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+        if !deleted && let Some(key) = m.subject.strip_prefix(store.prefix.as_str()) {
+            out.push((key.to_owned(), m.payload.clone()));
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn store_err(e: impl std::fmt::Display) -> AuthorityError {
     AuthorityError::Store(e.to_string())
 }

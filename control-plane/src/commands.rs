@@ -40,6 +40,9 @@ pub const COMMANDS_PREFIX: &str = "wgcp.cmd";
 pub const LOG_RETENTION: Duration = Duration::from_secs(90 * 86_400);
 /// Most devices one command may target.
 pub const MAX_TARGETS: usize = 100_000;
+/// Command log entries waiting for their acknowledgement at most (the JetStream context
+/// limits acknowledgements in flight; unpolled ones would stall further publishes).
+pub const MAX_LOG_IN_FLIGHT: usize = 512;
 /// Issuer name in command payloads.
 pub const ISSUER: &str = "wegweiser";
 
@@ -159,6 +162,21 @@ struct LogResult<'a> {
     result: Option<&'a CommandResult>,
 }
 
+/// Waits for acknowledgements until at most `keep` are in flight; a failed one is logged (the
+/// command itself was sent).
+async fn settle_acks<F>(acks: &mut futures::stream::FuturesUnordered<F>, keep: usize)
+where
+    F: std::future::Future<
+            Output = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+        >,
+{
+    while acks.len() > keep {
+        if let Some(Err(e)) = acks.next().await {
+            tracing::warn!(error = %e, "A command log entry was not stored.");
+        }
+    }
+}
+
 impl Authority {
     /// Signs `req.command` for each target device, sends it, and waits up to `req.timeout` for
     /// the results.
@@ -248,6 +266,7 @@ impl Authority {
                 exp: payload.exp,
             })
             .map_err(|e| AuthorityError::Command(e.to_string()))?;
+            settle_acks(&mut acks, MAX_LOG_IN_FLIGHT).await;
             let ack = js
                 .publish(log_req.clone(), entry.into())
                 .await
@@ -299,11 +318,7 @@ impl Authority {
         }
         let _ = results.unsubscribe().await;
         // The request log entries must be stored before the results are.
-        while let Some(ack) = acks.next().await {
-            if let Err(e) = ack {
-                tracing::warn!(error = %e, "A command log entry was not stored.");
-            }
-        }
+        settle_acks(&mut acks, 0).await;
         let log_res = format!("{COMMANDS_PREFIX}.{}.res", req.tenant);
         let mut counts: HashMap<&'static str, u64> = HashMap::new();
         for o in &outcomes {
@@ -316,17 +331,14 @@ impl Authority {
                 result: o.result.as_ref(),
             })
             .map_err(|e| AuthorityError::Command(e.to_string()))?;
+            settle_acks(&mut acks, MAX_LOG_IN_FLIGHT).await;
             let ack = js
                 .publish(log_res.clone(), entry.into())
                 .await
                 .map_err(|e| AuthorityError::Nats(e.to_string()))?;
             acks.push(ack.into_future());
         }
-        while let Some(ack) = acks.next().await {
-            if let Err(e) = ack {
-                tracing::warn!(error = %e, "A command log entry was not stored.");
-            }
-        }
+        settle_acks(&mut acks, 0).await;
         for (status, n) in &counts {
             if let Ok(mut m) = self.metrics().command_results.lock() {
                 *m.entry((*status).to_owned()).or_default() += n;

@@ -462,24 +462,17 @@ impl Authority {
         Ok(out)
     }
 
-    /// Every device of a tenant.
+    /// Every device of a tenant, read in one pass over the bucket (latest value per key).
     pub async fn devices(&self, tenant: &TenantId) -> Result<Vec<DeviceRecord>, AuthorityError> {
-        use futures::StreamExt;
-        let prefix = format!("{tenant}.");
-        let mut keys = self.inner.devices.keys().await.map_err(store_err)?;
-        let mut out = Vec::new();
-        while let Some(k) = keys.next().await {
-            let k = k.map_err(store_err)?;
-            if !k.starts_with(&prefix) {
-                continue;
-            }
-            if let Some(e) = self.inner.devices.entry(k).await.map_err(store_err)?
-                && e.operation == kv::Operation::Put
-                && let Ok(r) = serde_json::from_slice::<DeviceRecord>(&e.value)
-            {
-                out.push(r);
-            }
-        }
+        let mut out: Vec<DeviceRecord> = crate::authority::kv_values(
+            &self.inner.cp,
+            &self.inner.devices,
+            &format!("{tenant}.*"),
+        )
+        .await?
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<DeviceRecord>(&v).ok())
+        .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }

@@ -441,40 +441,23 @@ pub fn verify(
         });
     };
     let keyid = signer.keyid.clone();
-    // From here on, only verified bytes are read.
-    let value: serde_json::Value = serde_json::from_slice(&decoded.body)
-        .map_err(|e| Rejection::new(Reject::BadPayload, e.to_string()))?;
-    if !value.is_object() {
-        return Err(Rejection::new(Reject::BadPayload, "not a JSON object"));
-    }
-    let id = value
-        .get("id")
-        .and_then(|v| v.as_str())
-        .filter(|id| valid_id(id))
-        .map(str::to_owned);
+    // From here on, only verified bytes are read: straight into the payload type; only when
+    // that fails, once more loosely, to name the reason and the id.
+    let payload: CommandPayload = match serde_json::from_slice(&decoded.body) {
+        Ok(p) => p,
+        Err(e) => return Err(unusable(&decoded.body, &e)),
+    };
     let with_id = |mut r: Rejection| {
-        r.id.clone_from(&id);
+        r.id = Some(payload.id.clone());
         r
     };
-    match value.get("v").and_then(serde_json::Value::as_u64) {
-        Some(v) if v == u64::from(VERSION) => {}
-        other => {
-            return Err(with_id(Rejection::new(
-                Reject::UnsupportedVersion,
-                format!("schema version {other:?}"),
-            )));
-        }
+    if payload.v != VERSION {
+        return Err(with_id(Rejection::new(
+            Reject::UnsupportedVersion,
+            format!("schema version {}", payload.v),
+        )));
     }
-    let payload: CommandPayload = serde_json::from_value(value).map_err(|e| {
-        let msg = e.to_string();
-        let reason = if msg.contains("unknown variant") || msg.contains("args") {
-            Reject::BadArguments
-        } else {
-            Reject::BadPayload
-        };
-        with_id(Rejection::new(reason, msg))
-    })?;
-    if id.is_none() {
+    if !valid_id(&payload.id) {
         return Err(Rejection::new(
             Reject::BadPayload,
             "command id is not 32 hex characters",
@@ -525,6 +508,33 @@ pub fn verify(
         )));
     }
     Ok(VerifiedCommand { payload, keyid })
+}
+
+/// The rejection of a verified payload that is not a [`CommandPayload`]: another schema
+/// version, an unknown kind or bad arguments, or no command at all. Carries the id when there
+/// is a valid one.
+fn unusable(body: &[u8], error: &serde_json::Error) -> Rejection {
+    #[derive(Deserialize)]
+    struct Loose {
+        v: Option<u64>,
+        id: Option<String>,
+        kind: Option<serde_json::Value>,
+    }
+    let Ok(loose) = serde_json::from_slice::<Loose>(body) else {
+        return Rejection::new(Reject::BadPayload, error.to_string());
+    };
+    let reason = if loose.v.is_some_and(|v| v != u64::from(VERSION)) {
+        Reject::UnsupportedVersion
+    } else if loose.kind.is_some() {
+        Reject::BadArguments
+    } else {
+        Reject::BadPayload
+    };
+    Rejection {
+        reason,
+        detail: error.to_string(),
+        id: loose.id.filter(|id| valid_id(id)),
+    }
 }
 
 /// How a command ended.

@@ -125,18 +125,25 @@ fn verify_per_second(quick: bool) {
         n as f64 / took.as_secs_f64(),
         envelopes[0].len()
     );
-    let msg = b"DSSEv1 41 application/vnd.wegweiser.command.v1+json 300 x";
-    let sig = ed25519_dalek::Signer::sign(&key, msg);
+    // The same signed message (the PAE of a real command) without anything around it.
+    let msg = wegweiser_shared::dsse::Envelope::parse(&envelopes[0], usize::MAX)
+        .unwrap()
+        .decode()
+        .unwrap()
+        .message;
+    let sig = ed25519_dalek::Signer::sign(&key, &msg);
     let vk = key.verifying_key();
     let start = Instant::now();
     for _ in 0..n {
-        vk.verify_strict(msg, &sig).unwrap();
+        vk.verify_strict(&msg, &sig).unwrap();
     }
-    let took = start.elapsed();
+    let raw = start.elapsed();
     println!(
-        "raw_verify_strict: {n} in {:.3} s = {:.0}/s on one core",
-        took.as_secs_f64(),
-        n as f64 / took.as_secs_f64()
+        "raw_verify_strict: {n} in {:.3} s = {:.0}/s on one core (the same {}-byte signed message); the full check adds {:.1} µs per command",
+        raw.as_secs_f64(),
+        n as f64 / raw.as_secs_f64(),
+        msg.len(),
+        (took.as_secs_f64() - raw.as_secs_f64()) * 1e6 / n as f64
     );
 }
 

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod sim;
+pub mod wine;
 
 use async_nats::{Client, ConnectOptions, Event};
 use std::{
