@@ -447,8 +447,10 @@ pub fn verify(
         Ok(p) => p,
         Err(e) => return Err(unusable(&decoded.body, &e)),
     };
+    // Only a well-formed id is ever echoed back.
+    let id = valid_id(&payload.id).then(|| payload.id.clone());
     let with_id = |mut r: Rejection| {
-        r.id = Some(payload.id.clone());
+        r.id.clone_from(&id);
         r
     };
     if payload.v != VERSION {

@@ -213,7 +213,18 @@ fn verified_but_unusable_payloads() {
     let good = serde_json::to_value(payload(Command::Ping {})).unwrap();
     let mut v = good.clone();
     v["v"] = 2.into();
-    assert_eq!(reason(&w, &sign(v)), Reject::UnsupportedVersion);
+    let e = check(&w, &sign(v.clone())).unwrap_err();
+    assert_eq!(e.reason, Reject::UnsupportedVersion);
+    assert_eq!(
+        e.id.as_deref(),
+        good["id"].as_str(),
+        "a valid id is reported"
+    );
+    // An id that is not well formed is never echoed back, whatever else is wrong.
+    v["id"] = "0123456789abcdef0123456789abcdEf".into();
+    let e = check(&w, &sign(v)).unwrap_err();
+    assert_eq!(e.reason, Reject::UnsupportedVersion);
+    assert_eq!(e.id, None);
     let mut v = good.clone();
     v["kind"] = "format_disk".into();
     assert_eq!(reason(&w, &sign(v)), Reject::BadArguments);
