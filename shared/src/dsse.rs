@@ -6,7 +6,7 @@
 //! envelope's formatting does not matter and the type cannot be swapped.
 //!
 //! Verification uses Ed25519 `verify_strict` (no small-order keys, canonical signatures).
-//! The `keyid` of a signature is only a hint: [`Envelope::verified_by`] tries the key it names
+//! The `keyid` of a signature is only a hint: [`Decoded::verified_by`] tries the key it names
 //! first, then every other candidate key.
 
 use base64::{Engine, engine::general_purpose::STANDARD};
