@@ -24,6 +24,7 @@ pub mod init;
 pub mod keystore;
 pub mod metrics;
 pub mod nats_server;
+pub mod rbac;
 pub mod retention;
 pub mod seal;
 pub mod service;
