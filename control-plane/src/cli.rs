@@ -1045,6 +1045,8 @@ pub async fn start_service(auth: &Authority, root_dir: &Path) -> anyhow::Result<
                 auth.config().enrollment.clone(),
                 auth.blocks_store().clone(),
             )),
+            devices: crate::api::DeviceIndex::start(auth).await?,
+            root_dir: root_dir.to_owned(),
         };
         let mut rx = rx.clone();
         // Bind now so a port conflict is an error of `serve`, not a log line.

@@ -31,6 +31,10 @@ pub struct AppState {
     pub auth: Authority,
     /// The enrollment gate.
     pub gate: Arc<IpBlocker>,
+    /// Devices and their presence, in memory (see [`crate::api::DeviceIndex`]).
+    pub devices: Arc<crate::api::DeviceIndex>,
+    /// Where the trust root keys are (for key rotations through the API).
+    pub root_dir: std::path::PathBuf,
 }
 
 /// An error response.
@@ -42,7 +46,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+    /// An error with a status, a stable code and a message that says what to do.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         Self {
             status,
             body: ErrorBody {
@@ -91,6 +96,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(crate::api::openapi))
         .route(ENROLL_PATH, post(enroll))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")

@@ -8,6 +8,7 @@
 //! - [`cli`] is the `wegweiser` command line; `main.rs` only calls it.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod audit;
 pub mod authority;
 pub mod blocker;

@@ -1,0 +1,743 @@
+//! The JSON API under `/v1/` (tenants, devices, enrollment tokens, commands, command keys),
+//! described by the OpenAPI document at `/openapi.json`, generated from these handlers.
+//!
+//! Every handler receives the caller as an [`rbac::Principal`] (put into the request by the
+//! authentication layer) and asks [`guard`], the one place that calls [`rbac::authorize`],
+//! before it touches anything. Objects outside the caller's scopes are answered `404` exactly
+//! like objects that do not exist; `403` means "in your scope, but not for your role". Lists are
+//! filtered to the caller's scopes on the server, paginated with `limit` and `after` (the last
+//! id of the previous page).
+//!
+//! Device lists are served from [`DeviceIndex`], an in-memory copy of `wg_devices` and of the
+//! devices' last heartbeat times, kept current by KV watches, so a tenant with 10,000 devices is
+//! listed and filtered without touching the store.
+
+use crate::{
+    authority::{Authority, AuthorityError},
+    commands::{CommandRequest, Target as CommandTarget},
+    enrollment::{DeviceRecord, DeviceState},
+    http::{ApiError, AppState},
+    rbac::{self, Action, Decision, Place, Principal, Target},
+};
+use axum::{
+    Extension, Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    routing::{get, post},
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use wegweiser_shared::{
+    command::Command,
+    ids::{DeviceId, TenantId},
+    time::now,
+};
+
+/// Largest page.
+pub const MAX_LIMIT: usize = 500;
+/// Page size when none is asked for.
+pub const DEFAULT_LIMIT: usize = 100;
+/// A device whose last heartbeat is younger than this is online.
+pub const ONLINE_WITHIN_SECS: i64 = 90;
+
+/// The one authorization check of the API: `Ok` when allowed, else the error to answer.
+pub fn guard(who: &Principal, action: Action, target: &Target) -> Result<(), ApiError> {
+    match rbac::authorize(who, action, target) {
+        Decision::Allow => Ok(()),
+        Decision::Forbidden => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("your role does not allow {action:?} here"),
+        )),
+        Decision::NotFound => Err(not_found()),
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such object")
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+impl From<AuthorityError> for ApiError {
+    fn from(e: AuthorityError) -> Self {
+        match e {
+            AuthorityError::UnknownTenant(_) => not_found(),
+            AuthorityError::TenantExists(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            AuthorityError::Command(m) => bad_request(m),
+            AuthorityError::BadLifetime { .. } => bad_request(e.to_string()),
+            other => {
+                tracing::error!(error = %other, "API request failed.");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the control plane's log",
+                )
+            }
+        }
+    }
+}
+
+fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
+    // An id that cannot exist is simply not found.
+    s.parse().map_err(|_| not_found())
+}
+
+fn device_target(d: &DeviceRecord) -> Target {
+    Target::Device {
+        at: Place {
+            tenant: d.tenant.clone(),
+            organization: d.organization.clone(),
+            group: d.group.clone(),
+        },
+        device: d.id.clone(),
+    }
+}
+
+/// In-memory index of devices and their presence, fed by KV watches.
+#[derive(Debug, Default)]
+pub struct DeviceIndex {
+    devices: RwLock<BTreeMap<(String, String), DeviceRecord>>,
+    last_seen: RwLock<HashMap<(TenantId, DeviceId), i64>>,
+}
+
+impl DeviceIndex {
+    /// Loads the index and keeps it current until the watches end.
+    pub async fn start(auth: &Authority) -> Result<Arc<Self>, AuthorityError> {
+        let index = Arc::new(Self::default());
+        let devices = auth.inner.devices.clone();
+        // Watch first, then load: an update between the two is applied twice, never lost.
+        let mut updates = devices
+            .watch_all()
+            .await
+            .map_err(crate::authority::store_err)?;
+        for (key, value) in crate::authority::kv_values(&auth.inner.cp, &devices, "*.*").await? {
+            index.apply_device(&key, Some(&value));
+        }
+        let i = index.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(e)) = updates.next().await {
+                let value =
+                    (e.operation == async_nats::jetstream::kv::Operation::Put).then_some(&e.value);
+                i.apply_device(&e.key, value);
+            }
+        });
+        let js = async_nats::jetstream::new(auth.inner.cp.clone());
+        if let Ok(latest) = js.get_key_value(crate::ingest::LATEST_BUCKET).await {
+            let mut hb = latest
+                .watch("*.*.hb")
+                .await
+                .map_err(crate::authority::store_err)?;
+            for (key, value) in
+                crate::authority::kv_values(&auth.inner.cp, &latest, "*.*.hb").await?
+            {
+                index.apply_seen(&key, &value);
+            }
+            let i = index.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(e)) = hb.next().await {
+                    i.apply_seen(&e.key, &e.value);
+                }
+            });
+        }
+        Ok(index)
+    }
+
+    fn apply_device(&self, key: &str, value: Option<&bytes::Bytes>) {
+        let Some((t, d)) = key.split_once('.') else {
+            return;
+        };
+        let (Ok(t), Ok(d)) = (t.parse::<TenantId>(), d.parse::<DeviceId>()) else {
+            return;
+        };
+        let key = (t.to_string(), d.to_string());
+        let mut map = self.devices.write().unwrap_or_else(|e| e.into_inner());
+        match value.and_then(|v| serde_json::from_slice::<DeviceRecord>(v).ok()) {
+            Some(r) => {
+                map.insert(key, r);
+            }
+            None => {
+                map.remove(&key);
+            }
+        }
+    }
+
+    fn apply_seen(&self, key: &str, value: &[u8]) {
+        let mut parts = key.split('.');
+        let (Some(t), Some(d)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let (Ok(t), Ok(d)) = (t.parse::<TenantId>(), d.parse::<DeviceId>()) else {
+            return;
+        };
+        if let Ok(l) = serde_json::from_slice::<crate::ingest::Latest>(value) {
+            self.last_seen
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((t, d), l.received_at);
+        }
+    }
+
+    /// A page of `tenant`'s devices that `who` may read and that match `q`, after `q.after`.
+    pub fn page(&self, who: &Principal, tenant: &TenantId, q: &DeviceQuery) -> Page<DeviceView> {
+        let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        let seen = self.last_seen.read().unwrap_or_else(|e| e.into_inner());
+        let t = now();
+        let start = match &q.after {
+            Some(a) => std::ops::Bound::Excluded((tenant.to_string(), a.clone())),
+            None => std::ops::Bound::Included((tenant.to_string(), String::new())),
+        };
+        let mut items = Vec::with_capacity(limit);
+        let mut more = false;
+        let needle = q.q.as_deref().map(str::to_lowercase);
+        for ((tn, _), d) in devices.range((start, std::ops::Bound::Unbounded)) {
+            if tn != tenant.as_str() {
+                break;
+            }
+            if rbac::authorize(who, Action::Read, &device_target(d)) != Decision::Allow {
+                continue;
+            }
+            if q.organization
+                .as_ref()
+                .is_some_and(|o| d.organization.as_ref() != Some(o))
+                || q.group
+                    .as_ref()
+                    .is_some_and(|g| d.group.as_ref() != Some(g))
+                || needle
+                    .as_ref()
+                    .is_some_and(|n| !d.facts.hostname.to_lowercase().contains(n.as_str()))
+            {
+                continue;
+            }
+            let last = seen.get(&(d.tenant.clone(), d.id.clone())).copied();
+            let online = last.is_some_and(|s| t - s <= ONLINE_WITHIN_SECS);
+            if q.online.is_some_and(|want| want != online) {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(DeviceView::of(d, last, online));
+        }
+        let next = if more {
+            items.last().map(|d: &DeviceView| d.id.clone())
+        } else {
+            None
+        };
+        Page { items, next }
+    }
+
+    /// One device.
+    pub fn get(&self, tenant: &TenantId, device: &DeviceId) -> Option<DeviceRecord> {
+        self.devices
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(tenant.to_string(), device.to_string()))
+            .cloned()
+    }
+
+    /// How many devices it holds.
+    pub fn len(&self) -> usize {
+        self.devices.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A page of results.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// Device list filters and paging.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceQuery {
+    /// Only this organization.
+    pub organization: Option<String>,
+    /// Only this group.
+    pub group: Option<String>,
+    /// Only online (`true`) or offline (`false`) devices.
+    pub online: Option<bool>,
+    /// Host name contains this (case-insensitive).
+    pub q: Option<String>,
+    /// Page size (1–500, default 100).
+    pub limit: Option<usize>,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+}
+
+/// A device as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeviceView {
+    /// Id.
+    pub id: String,
+    /// Organization.
+    pub organization: Option<String>,
+    /// Group.
+    pub group: Option<String>,
+    /// `active` or `revoked`.
+    pub state: String,
+    /// Host name.
+    pub hostname: String,
+    /// OS family.
+    pub os: String,
+    /// OS version.
+    pub os_version: String,
+    /// First enrollment (unix seconds).
+    pub enrolled_at: i64,
+    /// Last heartbeat received (unix seconds).
+    pub last_seen: Option<i64>,
+    /// Heartbeat within the last 90 s.
+    pub online: bool,
+}
+
+impl DeviceView {
+    fn of(d: &DeviceRecord, last_seen: Option<i64>, online: bool) -> Self {
+        Self {
+            id: d.id.to_string(),
+            organization: d.organization.clone(),
+            group: d.group.clone(),
+            state: match d.state {
+                DeviceState::Active => "active",
+                DeviceState::Revoked => "revoked",
+            }
+            .to_owned(),
+            hostname: d.facts.hostname.clone(),
+            os: d.facts.os.clone(),
+            os_version: d.facts.os_version.clone(),
+            enrolled_at: d.enrolled_at,
+            last_seen,
+            online,
+        }
+    }
+}
+
+/// A tenant as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TenantView {
+    /// Id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// NATS account public key.
+    pub account: String,
+    /// Creation time (unix seconds).
+    pub created_at: i64,
+}
+
+/// `GET /v1/tenants` paging.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size (1–500, default 100).
+    pub limit: Option<usize>,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+}
+
+/// `POST /v1/tenants/{tenant}/commands`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct CommandBody {
+    /// Which devices: `{"device": ID}`, `{"organization": O}`, `{"group": G}` or `{"all": true}`.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Every device of this organization.
+    #[serde(default)]
+    pub organization: Option<String>,
+    /// Every device of this group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Every device of the tenant.
+    #[serde(default)]
+    pub all: bool,
+    /// The command kind (`ping`, `collect`, `set_intervals`, `renew`, `restart`, `run`,
+    /// `processes`).
+    pub kind: String,
+    /// The kind's arguments.
+    #[serde(default = "empty_args")]
+    #[schema(value_type = Object)]
+    pub args: serde_json::Value,
+    /// Seconds to wait for results (1–300, default 10).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+fn empty_args() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+/// A command's outcome per device.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CommandOutcomeView {
+    /// Device.
+    pub device: String,
+    /// Command id.
+    pub id: String,
+    /// `ok`, `failed`, `rejected` or `timeout`.
+    pub status: String,
+    /// Microseconds from sending to the result.
+    pub latency_us: Option<u64>,
+    /// What the device answered.
+    #[schema(value_type = Object)]
+    pub result: Option<serde_json::Value>,
+}
+
+/// `POST /v1/tenants/{tenant}/commands` answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CommandResponse {
+    /// The signing key.
+    pub keyid: String,
+    /// Its keyset version.
+    pub keyset_version: u64,
+    /// Per device.
+    pub devices: Vec<CommandOutcomeView>,
+}
+
+/// The command keys (`GET /v1/keys`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeysView {
+    /// Trust root version.
+    pub root_version: u64,
+    /// Keyset version.
+    pub keyset_version: u64,
+    /// Keyset expiry (unix seconds).
+    pub keyset_expires_at: i64,
+    /// The signing key id.
+    pub signing: String,
+    /// Keys: id and status.
+    pub keys: Vec<KeyView>,
+    /// Rotation phase, if one is under way.
+    pub rotation: Option<String>,
+}
+
+/// One command key.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeyView {
+    /// Key id.
+    pub keyid: String,
+    /// `active`, `retired` or `revoked`.
+    pub status: String,
+}
+
+/// Error body.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorView {
+    /// Stable code.
+    pub code: String,
+    /// What to do.
+    pub message: String,
+}
+
+/// `GET /v1/tenants`: the tenants the caller sees.
+#[utoipa::path(get, path = "/v1/tenants", params(PageQuery),
+    responses((status = 200, body = Page<TenantView>), (status = 401, body = ErrorView)))]
+pub async fn list_tenants(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Page<TenantView>>, ApiError> {
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let mut items: Vec<TenantView> = s
+        .auth
+        .tenants()
+        .await?
+        .into_iter()
+        .filter(|t| rbac::sees_tenant(&who, &t.id))
+        .filter(|t| q.after.as_deref().is_none_or(|a| t.id.as_str() > a))
+        .map(|t| TenantView {
+            id: t.id.to_string(),
+            name: t.name,
+            account: t.account.to_string(),
+            created_at: t.created_at,
+        })
+        .take(limit + 1)
+        .collect();
+    let next = (items.len() > limit).then(|| {
+        items.truncate(limit);
+        items.last().map(|t| t.id.clone()).unwrap_or_default()
+    });
+    Ok(Json(Page { items, next }))
+}
+
+/// `GET /v1/tenants/{tenant}`.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}", params(("tenant" = String, Path)),
+    responses((status = 200, body = TenantView), (status = 404, body = ErrorView)))]
+pub async fn get_tenant(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(tenant): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    let tenant = tenant_id(&tenant)?;
+    if !rbac::sees_tenant(&who, &tenant) {
+        return Err(not_found());
+    }
+    let t = s.auth.tenant(&tenant).await?;
+    Ok(Json(TenantView {
+        id: t.id.to_string(),
+        name: t.name,
+        account: t.account.to_string(),
+        created_at: t.created_at,
+    }))
+}
+
+/// `GET /v1/tenants/{tenant}/devices`: filtered to the caller's scopes, paginated.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/devices",
+    params(("tenant" = String, Path), DeviceQuery),
+    responses((status = 200, body = Page<DeviceView>), (status = 404, body = ErrorView)))]
+pub async fn list_devices(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(tenant): Path<String>,
+    Query(q): Query<DeviceQuery>,
+) -> Result<Json<Page<DeviceView>>, ApiError> {
+    let tenant = tenant_id(&tenant)?;
+    if !rbac::sees_tenant(&who, &tenant) {
+        return Err(not_found());
+    }
+    Ok(Json(s.devices.page(&who, &tenant, &q)))
+}
+
+fn device_in_scope(
+    s: &AppState,
+    who: &Principal,
+    action: Action,
+    tenant: &str,
+    device: &str,
+) -> Result<DeviceRecord, ApiError> {
+    let tenant = tenant_id(tenant)?;
+    let device: DeviceId = device.parse().map_err(|_| not_found())?;
+    let Some(d) = s.devices.get(&tenant, &device) else {
+        // Unknown and out of scope look the same.
+        return Err(not_found());
+    };
+    guard(who, action, &device_target(&d))?;
+    Ok(d)
+}
+
+/// `GET /v1/tenants/{tenant}/devices/{device}`.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/devices/{device}",
+    params(("tenant" = String, Path), ("device" = String, Path)),
+    responses((status = 200, body = DeviceView), (status = 404, body = ErrorView)))]
+pub async fn get_device(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((tenant, device)): Path<(String, String)>,
+) -> Result<Json<DeviceView>, ApiError> {
+    let d = device_in_scope(&s, &who, Action::Read, &tenant, &device)?;
+    let last = s
+        .devices
+        .last_seen
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(d.tenant.clone(), d.id.clone()))
+        .copied();
+    let online = last.is_some_and(|l| now() - l <= ONLINE_WITHIN_SECS);
+    Ok(Json(DeviceView::of(&d, last, online)))
+}
+
+/// `POST /v1/tenants/{tenant}/devices/{device}/revoke`: disconnected at once, renewals refused.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/devices/{device}/revoke",
+    params(("tenant" = String, Path), ("device" = String, Path)),
+    responses((status = 200, body = DeviceView), (status = 403, body = ErrorView), (status = 404, body = ErrorView)))]
+pub async fn revoke_device(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((tenant, device)): Path<(String, String)>,
+) -> Result<Json<DeviceView>, ApiError> {
+    let d = device_in_scope(&s, &who, Action::Manage, &tenant, &device)?;
+    let r = s.auth.revoke_device(&d.tenant, &d.id).await?;
+    Ok(Json(DeviceView::of(&r, None, false)))
+}
+
+/// `POST /v1/tenants/{tenant}/commands`: signed for each target device; waits for results.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/commands",
+    params(("tenant" = String, Path)), request_body = CommandBody,
+    responses((status = 200, body = CommandResponse), (status = 400, body = ErrorView),
+        (status = 403, body = ErrorView), (status = 404, body = ErrorView)))]
+pub async fn send_command(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(tenant): Path<String>,
+    Json(body): Json<CommandBody>,
+) -> Result<Json<CommandResponse>, ApiError> {
+    let tenant = tenant_id(&tenant)?;
+    let place = |organization: Option<String>, group: Option<String>| {
+        Target::Place(Place {
+            tenant: tenant.clone(),
+            organization,
+            group,
+        })
+    };
+    let target = match (&body.device, &body.organization, &body.group, body.all) {
+        (Some(d), None, None, false) => {
+            let d = device_in_scope(&s, &who, Action::Command, tenant.as_str(), d)?;
+            CommandTarget::Device(d.id)
+        }
+        (None, Some(o), None, false) => {
+            guard(&who, Action::Command, &place(Some(o.clone()), None))?;
+            CommandTarget::Organization(o.clone())
+        }
+        (None, None, Some(g), false) => {
+            // A group lies in an organization: allowed when the caller may command every
+            // device of the group, checked per device below.
+            CommandTarget::Group(g.clone())
+        }
+        (None, None, None, true) => {
+            guard(&who, Action::Command, &Target::tenant(tenant.clone()))?;
+            CommandTarget::All
+        }
+        _ => {
+            return Err(bad_request(
+                "name the devices with exactly one of device, organization, group or all",
+            ));
+        }
+    };
+    if let CommandTarget::Group(g) = &target {
+        if !rbac::sees_tenant(&who, &tenant) {
+            return Err(not_found());
+        }
+        let devices = s.devices.page(
+            &who,
+            &tenant,
+            &DeviceQuery {
+                group: Some(g.clone()),
+                limit: Some(MAX_LIMIT),
+                ..Default::default()
+            },
+        );
+        for d in &devices.items {
+            if let Some(r) = s
+                .devices
+                .get(&tenant, &d.id.parse().map_err(|_| not_found())?)
+            {
+                guard(&who, Action::Command, &device_target(&r))?;
+            }
+        }
+    }
+    let mut raw = serde_json::json!({"kind": body.kind, "args": body.args});
+    if raw["args"].is_null() {
+        raw["args"] = empty_args();
+    }
+    let command: Command = serde_json::from_value(raw)
+        .map_err(|e| bad_request(format!("unknown command or bad arguments: {e}")))?;
+    let report = s
+        .auth
+        .send_command(CommandRequest {
+            tenant,
+            target,
+            command,
+            by: who.user.clone(),
+            timeout: Duration::from_secs(body.timeout_secs.unwrap_or(10).clamp(1, 300)),
+        })
+        .await?;
+    Ok(Json(CommandResponse {
+        keyid: report.keyid.clone(),
+        keyset_version: report.keyset_version,
+        devices: report
+            .devices
+            .iter()
+            .map(|o| CommandOutcomeView {
+                device: o.device.to_string(),
+                id: o.id.clone(),
+                status: o.status().to_owned(),
+                latency_us: o.latency_us,
+                result: o.result.as_ref().and_then(|r| serde_json::to_value(r).ok()),
+            })
+            .collect(),
+    }))
+}
+
+/// `GET /v1/keys`: the command trust (platform operators).
+#[utoipa::path(get, path = "/v1/keys",
+    responses((status = 200, body = KeysView), (status = 404, body = ErrorView)))]
+pub async fn get_keys(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<KeysView>, ApiError> {
+    guard(&who, Action::ManageKeys, &Target::Platform)?;
+    let (rec, _) = s.auth.trust_record().await?;
+    Ok(Json(KeysView {
+        root_version: rec.root_version,
+        keyset_version: rec.keyset.version,
+        keyset_expires_at: rec.keyset.expires_at,
+        signing: rec.signing.clone(),
+        keys: rec
+            .keys
+            .iter()
+            .map(|k| KeyView {
+                keyid: k.keyid.clone(),
+                status: format!("{:?}", k.status).to_lowercase(),
+            })
+            .collect(),
+        rotation: rec
+            .rotation
+            .as_ref()
+            .map(|r| format!("{:?}", r.phase).to_lowercase()),
+    }))
+}
+
+/// `POST /v1/keys/rotate`: starts a command key rotation.
+#[utoipa::path(post, path = "/v1/keys/rotate",
+    responses((status = 200, body = KeysView), (status = 404, body = ErrorView), (status = 409, body = ErrorView)))]
+pub async fn rotate_keys(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<KeysView>, ApiError> {
+    guard(&who, Action::ManageKeys, &Target::Platform)?;
+    match s.auth.keys_rotate(&s.root_dir, None).await {
+        Ok(_) => get_keys(State(s), Extension(who)).await,
+        Err(AuthorityError::Trust(m)) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", m)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The generated OpenAPI document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "Wegweiser control plane", description = "Tenants, devices, signed commands and command keys. Every endpoint needs a session cookie (with X-CSRF-Token on changes) or a bearer API token."),
+    paths(list_tenants, get_tenant, list_devices, get_device, revoke_device, send_command, get_keys, rotate_keys),
+    components(schemas(Page<TenantView>, Page<DeviceView>, TenantView, DeviceView, CommandBody, CommandResponse, CommandOutcomeView, KeysView, KeyView, ErrorView))
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// The API routes (they expect a [`Principal`] in the request extensions).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tenants", get(list_tenants))
+        .route("/v1/tenants/{tenant}", get(get_tenant))
+        .route("/v1/tenants/{tenant}/devices", get(list_devices))
+        .route("/v1/tenants/{tenant}/devices/{device}", get(get_device))
+        .route(
+            "/v1/tenants/{tenant}/devices/{device}/revoke",
+            post(revoke_device),
+        )
+        .route("/v1/tenants/{tenant}/commands", post(send_command))
+        .route("/v1/keys", get(get_keys))
+        .route("/v1/keys/rotate", post(rotate_keys))
+}
