@@ -712,12 +712,198 @@ pub async fn rotate_keys(
     }
 }
 
+/// An enrollment token as the API shows it (never the token itself, except once at creation).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TokenView {
+    /// Id: the first 12 characters of the token's SHA-256.
+    pub id: String,
+    /// Organization devices land in.
+    pub organization: Option<String>,
+    /// Group devices land in.
+    pub group: Option<String>,
+    /// Label.
+    pub label: String,
+    /// Created (unix seconds).
+    pub created_at: i64,
+    /// Expires (unix seconds).
+    pub expires_at: i64,
+    /// Uses allowed.
+    pub max_uses: u32,
+    /// Uses so far.
+    pub uses: u32,
+    /// Revocation time.
+    pub revoked_at: Option<i64>,
+    /// The token: only in the answer that created it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl TokenView {
+    fn of(hash: &str, r: &crate::enrollment::TokenRecord, token: Option<String>) -> Self {
+        Self {
+            id: hash.chars().take(12).collect(),
+            organization: r.organization.clone(),
+            group: r.group.clone(),
+            label: r.label.clone(),
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            max_uses: r.max_uses,
+            uses: r.uses,
+            revoked_at: r.revoked_at,
+            token,
+        }
+    }
+}
+
+/// `POST /v1/tenants/{tenant}/tokens`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTokenBody {
+    /// Organization devices land in.
+    #[serde(default)]
+    pub organization: Option<String>,
+    /// Group devices land in (needs an organization).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Lifetime in seconds (default from the configuration).
+    #[serde(default)]
+    pub ttl_secs: Option<i64>,
+    /// Uses allowed (default 1).
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+    /// Free text.
+    #[serde(default)]
+    pub label: String,
+}
+
+fn token_place(tenant: &TenantId, r: &crate::enrollment::TokenRecord) -> Target {
+    Target::Place(Place {
+        tenant: tenant.clone(),
+        organization: r.organization.clone(),
+        group: r.group.clone(),
+    })
+}
+
+/// `GET /v1/tenants/{tenant}/tokens`: the tokens in the caller's scopes, newest first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/tokens", params(("tenant" = String, Path), PageQuery),
+    responses((status = 200, body = Page<TokenView>), (status = 404, body = ErrorView)))]
+pub async fn list_tokens(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(tenant): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Page<TokenView>>, ApiError> {
+    let tenant = tenant_id(&tenant)?;
+    if !rbac::sees_tenant(&who, &tenant) {
+        return Err(not_found());
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let mut all = s.auth.tokens(&tenant).await?;
+    all.retain(|(_, r)| {
+        rbac::authorize(&who, Action::Read, &token_place(&tenant, r)) == Decision::Allow
+    });
+    let start = match &q.after {
+        Some(a) => all
+            .iter()
+            .position(|(h, _)| h.starts_with(a.as_str()))
+            .map_or(all.len(), |i| i + 1),
+        None => 0,
+    };
+    let mut items: Vec<TokenView> = all[start.min(all.len())..]
+        .iter()
+        .take(limit + 1)
+        .map(|(h, r)| TokenView::of(h, r, None))
+        .collect();
+    let next = (items.len() > limit).then(|| {
+        items.truncate(limit);
+        items.last().map(|t| t.id.clone()).unwrap_or_default()
+    });
+    Ok(Json(Page { items, next }))
+}
+
+/// `POST /v1/tenants/{tenant}/tokens`: the answer carries the token, once.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/tokens", params(("tenant" = String, Path)),
+    request_body = NewTokenBody,
+    responses((status = 201, body = TokenView), (status = 400, body = ErrorView),
+        (status = 403, body = ErrorView), (status = 404, body = ErrorView)))]
+pub async fn create_token(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(tenant): Path<String>,
+    Json(body): Json<NewTokenBody>,
+) -> Result<(StatusCode, Json<TokenView>), ApiError> {
+    let tenant = tenant_id(&tenant)?;
+    if body.group.is_some() && body.organization.is_none() {
+        return Err(bad_request("a group lies in an organization: give both"));
+    }
+    guard(
+        &who,
+        Action::Manage,
+        &Target::Place(Place {
+            tenant: tenant.clone(),
+            organization: body.organization.clone(),
+            group: body.group.clone(),
+        }),
+    )?;
+    let (token, record) = s
+        .auth
+        .create_token(crate::enrollment::NewToken {
+            tenant,
+            organization: body.organization,
+            group: body.group,
+            ttl_secs: body.ttl_secs,
+            max_uses: body.max_uses,
+            label: body.label,
+        })
+        .await
+        .map_err(|e| match e {
+            AuthorityError::Store(m) if m.contains("slug") => bad_request(m),
+            other => other.into(),
+        })?;
+    let hash = wegweiser_shared::enroll::token_hash(token.expose());
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenView::of(
+            &hash,
+            &record,
+            Some(token.expose().to_owned()),
+        )),
+    ))
+}
+
+/// `DELETE /v1/tenants/{tenant}/tokens/{id}`: revokes a token.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/tokens/{id}",
+    params(("tenant" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = TokenView), (status = 403, body = ErrorView), (status = 404, body = ErrorView)))]
+pub async fn revoke_token(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<Json<TokenView>, ApiError> {
+    let tenant = tenant_id(&tenant)?;
+    if !rbac::sees_tenant(&who, &tenant) || id.len() < 12 {
+        return Err(not_found());
+    }
+    let Some((hash, record)) = s
+        .auth
+        .tokens(&tenant)
+        .await?
+        .into_iter()
+        .find(|(h, _)| h.starts_with(id.as_str()))
+    else {
+        return Err(not_found());
+    };
+    guard(&who, Action::Manage, &token_place(&tenant, &record))?;
+    let r = s.auth.revoke_token(&tenant, &hash).await?;
+    Ok(Json(TokenView::of(&hash, &r, None)))
+}
+
 /// The generated OpenAPI document.
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "Wegweiser control plane", description = "Tenants, devices, signed commands and command keys. Every endpoint needs a session cookie (with X-CSRF-Token on changes) or a bearer API token."),
-    paths(list_tenants, get_tenant, list_devices, get_device, revoke_device, send_command, get_keys, rotate_keys),
-    components(schemas(Page<TenantView>, Page<DeviceView>, TenantView, DeviceView, CommandBody, CommandResponse, CommandOutcomeView, KeysView, KeyView, ErrorView))
+    paths(list_tenants, get_tenant, list_devices, get_device, revoke_device, send_command, list_tokens, create_token, revoke_token, get_keys, rotate_keys),
+    components(schemas(Page<TenantView>, Page<DeviceView>, Page<TokenView>, TokenView, NewTokenBody, TenantView, DeviceView, CommandBody, CommandResponse, CommandOutcomeView, KeysView, KeyView, ErrorView))
 )]
 pub struct ApiDoc;
 
@@ -738,6 +924,14 @@ pub fn routes() -> Router<AppState> {
             post(revoke_device),
         )
         .route("/v1/tenants/{tenant}/commands", post(send_command))
+        .route(
+            "/v1/tenants/{tenant}/tokens",
+            get(list_tokens).post(create_token),
+        )
+        .route(
+            "/v1/tenants/{tenant}/tokens/{id}",
+            axum::routing::delete(revoke_token),
+        )
         .route("/v1/keys", get(get_keys))
         .route("/v1/keys/rotate", post(rotate_keys))
 }

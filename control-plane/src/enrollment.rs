@@ -289,29 +289,23 @@ impl Authority {
         Ok((token, rec))
     }
 
-    /// Every token of a tenant (records only), newest first.
+    /// Every token of a tenant (records only, keyed by their hash), newest first; read in one
+    /// pass over the bucket.
     pub async fn tokens(
         &self,
         tenant: &TenantId,
     ) -> Result<Vec<(String, TokenRecord)>, AuthorityError> {
-        use futures::StreamExt;
-        let mut keys = self.inner.tokens.keys().await.map_err(store_err)?;
-        let mut out = Vec::new();
-        while let Some(k) = keys.next().await {
-            let k = k.map_err(store_err)?;
-            if let Some(e) = self
-                .inner
-                .tokens
-                .entry(k.clone())
-                .await
-                .map_err(store_err)?
-                && e.operation == kv::Operation::Put
-                && let Ok(r) = serde_json::from_slice::<TokenRecord>(&e.value)
-                && r.tenant == *tenant
-            {
-                out.push((k, r));
-            }
-        }
+        let mut out: Vec<(String, TokenRecord)> =
+            crate::authority::kv_values(&self.inner.cp, &self.inner.tokens, ">")
+                .await?
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    serde_json::from_slice::<TokenRecord>(&v)
+                        .ok()
+                        .filter(|r| r.tenant == *tenant)
+                        .map(|r| (k, r))
+                })
+                .collect();
         out.sort_by_key(|(_, r)| std::cmp::Reverse(r.created_at));
         Ok(out)
     }
