@@ -394,13 +394,18 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 
 pub(crate) fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        );
+        say(&serde_json::to_string_pretty(value).unwrap_or_default());
     } else {
-        println!("{}", text());
+        say(&text());
     }
+}
+
+/// Writes a line to standard output; a closed pipe (`wegweiser … | head`) ends the output
+/// quietly instead of panicking.
+pub(crate) fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 /// Runs a parsed command.
@@ -857,7 +862,7 @@ async fn watch(
                 let (dev, kind) = (parts.get(3).copied().unwrap_or("?"), parts.get(5).copied().unwrap_or("?"));
                 if json {
                     let report: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null);
-                    println!("{}", serde_json::json!({"device": dev, "kind": kind, "report": report}));
+                    say(&serde_json::json!({"device": dev, "kind": kind, "report": report}).to_string());
                 } else {
                     let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null);
                     let summary = match kind {
@@ -867,7 +872,7 @@ async fn watch(
                         "evt" => format!("{}", v["event"]),
                         _ => String::new(),
                     };
-                    println!("{} {dev} {kind} {summary}", v["ts"]);
+                    say(&format!("{} {dev} {kind} {summary}", v["ts"]));
                 }
             }
         }
