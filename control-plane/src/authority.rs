@@ -333,7 +333,7 @@ pub(crate) struct Inner {
     pub(crate) signers:
         std::sync::Mutex<std::collections::HashMap<TenantId, (u64, Arc<TenantSigner>)>>,
     pub(crate) accounts: std::sync::Mutex<std::collections::HashMap<AccountKey, TenantId>>,
-    pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Connects to NATS as one of the service users. The JWT is minted on every (re)connect from a
@@ -538,7 +538,8 @@ impl Authority {
         )
         .await?;
         crate::commands::open_log(&js, replicas).await?;
-        let audit = crate::audit::Audit::open(&js, replicas).await?;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let audit = crate::audit::Audit::open(&js, replicas, metrics.clone()).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -557,7 +558,7 @@ impl Authority {
                 audit,
                 signers: Default::default(),
                 accounts: Default::default(),
-                metrics: Default::default(),
+                metrics,
             }),
         })
     }

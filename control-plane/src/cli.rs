@@ -22,6 +22,8 @@ use wegweiser_shared::ids::{DeviceId, TenantId, UserKey, UserName};
 pub const EXIT_USAGE: u8 = 64;
 /// Exit code when a needed service is unavailable (EX_UNAVAILABLE).
 pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code when the audit chain does not verify (EX_DATAERR).
+pub const EXIT_DATAERR: u8 = 65;
 
 /// Wegweiser control plane: NATS credential authority for MSP tenants.
 #[derive(Debug, Parser)]
@@ -76,6 +78,9 @@ pub enum Command {
     Keys(crate::cli_commands::KeysCommand),
     /// Send a signed command to devices and wait for their results.
     Cmd(crate::cli_commands::CmdArgs),
+    /// The audit trail: verify its hash chain, list a tenant's entries.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Revoke a user: its JWTs stop working and live connections are dropped at once.
     Revoke {
         /// Tenant id.
@@ -85,6 +90,41 @@ pub enum Command {
         #[arg(long)]
         user: UserKey,
     },
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Read the whole audit stream and check its hash chain; exits 65 naming the first bad
+    /// entry, else prints the number of entries and the head hash.
+    Verify,
+    /// A tenant's audit entries, oldest first.
+    List {
+        /// Tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// Only this kind (e.g. `enroll.refused`).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only entries at or after this time: Unix seconds or RFC 3339.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<i64>,
+        /// Most entries to print.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Stream sequence to start at (the `next` of a previous page).
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+    },
+}
+
+fn parse_since(s: &str) -> Result<i64, String> {
+    if let Ok(t) = s.parse::<i64>() {
+        return Ok(t);
+    }
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|_| format!("{s:?} is neither Unix seconds nor an RFC 3339 time"))
 }
 
 /// `init` options.
@@ -386,6 +426,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<AuthorityError>() {
         Some(AuthorityError::Config(_)) => EXIT_USAGE,
         Some(AuthorityError::Unreachable { .. }) => EXIT_UNAVAILABLE,
+        _ if e.downcast_ref::<crate::audit::ChainFault>().is_some() => EXIT_DATAERR,
         _ if e.downcast_ref::<crate::config::ConfigError>().is_some() => EXIT_USAGE,
         _ if e.downcast_ref::<nats_server::NatsServerError>().is_some() => EXIT_UNAVAILABLE,
         _ => 1,
@@ -485,6 +526,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cmd(c) => crate::cli_commands::cmd(&data_dir, c, json).await,
         Command::Watch { tenant, device } => watch(&data_dir, tenant, device, json).await,
         Command::Issue(i) => issue(&data_dir, i, json).await,
+        Command::Audit(a) => audit(&data_dir, a, json).await,
         Command::Revoke { tenant, user } => {
             let auth = Authority::open(&data_dir).await?;
             let at = auth.revoke(&tenant, &user).await?;
@@ -500,6 +542,94 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn audit(data_dir: &Path, cmd: AuditCommand, json: bool) -> anyhow::Result<()> {
+    let auth = Authority::open(data_dir).await?;
+    match cmd {
+        AuditCommand::Verify => {
+            let outcome = auth
+                .audit_verify(|read, total| {
+                    if !json {
+                        eprintln!("verified {read} of {total} entries…");
+                    }
+                })
+                .await?;
+            match outcome {
+                Ok(r) => print(json, &serde_json::json!({"ok": true, "chain": r}), || {
+                    format!(
+                        "Audit chain intact: {} entries, head {}{}.",
+                        r.entries,
+                        r.head,
+                        if r.unchained > 0 {
+                            format!(
+                                " ({} older entries before the chain are not protected)",
+                                r.unchained
+                            )
+                        } else {
+                            String::new()
+                        }
+                    )
+                }),
+                Err(f) => {
+                    if json {
+                        print(
+                            true,
+                            &serde_json::json!({"ok": false, "fault": f}),
+                            String::new,
+                        );
+                    }
+                    return Err(f.into());
+                }
+            }
+        }
+        AuditCommand::List {
+            tenant,
+            kind,
+            since,
+            limit,
+            start,
+        } => {
+            let page = auth
+                .audit_query(&crate::audit::AuditQuery {
+                    tenant,
+                    kind,
+                    since,
+                    start,
+                    limit,
+                })
+                .await?;
+            print(json, &page, || {
+                let mut s = format!(
+                    "{:<8} {:<20} {:<24} {:<16} {:<12} DEVICE",
+                    "SEQ", "TIME", "KIND", "OUTCOME", "ACTOR"
+                );
+                for e in &page.entries {
+                    let at = time::OffsetDateTime::from_unix_timestamp(e.ts)
+                        .ok()
+                        .and_then(|t| {
+                            t.format(&time::format_description::well_known::Rfc3339)
+                                .ok()
+                        })
+                        .unwrap_or_else(|| e.ts.to_string());
+                    s.push_str(&format!(
+                        "\n{:<8} {:<20} {:<24} {:<16} {:<12} {}",
+                        e.seq,
+                        at,
+                        e.kind,
+                        e.outcome,
+                        e.actor,
+                        e.device.as_deref().unwrap_or("-")
+                    ));
+                }
+                if let Some(n) = page.next {
+                    s.push_str(&format!("\nMore: --start {n}"));
+                }
+                s
+            });
+        }
+    }
+    Ok(())
 }
 
 async fn tenant(data_dir: &Path, cmd: TenantCommand, json: bool) -> anyhow::Result<()> {

@@ -32,6 +32,12 @@ pub struct Metrics {
     pub commands_sent: AtomicU64,
     /// Command results by outcome (`ok`, `failed`, `rejected`, `timeout`).
     pub command_results: Mutex<BTreeMap<String, u64>>,
+    /// Audit entries appended to the chain.
+    pub audit_appended: AtomicU64,
+    /// Audit appends that lost the race for the head to another writer (and were retried).
+    pub audit_append_conflicts: AtomicU64,
+    /// Audit entries that could not be stored (logged instead).
+    pub audit_append_failed: AtomicU64,
 }
 
 impl Metrics {
@@ -117,6 +123,24 @@ impl Metrics {
             "wegweiser_command_results_total",
             "Command results by outcome.",
             &self.command_results,
+        );
+        counter(
+            &mut s,
+            "wegweiser_audit_appended_total",
+            "Audit entries appended to the hash chain.",
+            load(&self.audit_appended),
+        );
+        counter(
+            &mut s,
+            "wegweiser_audit_append_conflicts_total",
+            "Audit appends retried because another writer appended first.",
+            load(&self.audit_append_conflicts),
+        );
+        counter(
+            &mut s,
+            "wegweiser_audit_append_failed_total",
+            "Audit entries that could not be stored (written to the log instead).",
+            load(&self.audit_append_failed),
         );
         s
     }

@@ -186,7 +186,10 @@ async fn reports_are_acknowledged_watched_in_scope_and_purged_per_device() {
         .unwrap();
     let last = audit.info().await.unwrap().state.last_sequence;
     let entry = audit.get_raw_message(last).await.unwrap();
-    assert_eq!(entry.subject.as_str(), "wgcp.audit.reports_purge");
+    assert_eq!(
+        entry.subject.as_str(),
+        format!("wgcp.audit.{}.reports_purge", t.id)
+    );
     // The audit stream refuses to be purged.
     assert!(audit.purge().await.is_err());
 }

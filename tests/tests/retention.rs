@@ -128,7 +128,7 @@ async fn a_sweep_removes_only_reports_older_than_each_tenants_retention() {
         .unwrap();
     let last = audit.info().await.unwrap().state.last_sequence;
     let entry = audit.get_raw_message(last).await.unwrap();
-    assert_eq!(entry.subject.as_str(), "wgcp.audit.tenant_retention");
+    assert_eq!(entry.subject.as_str(), "wgcp.audit.long.tenant_retention");
     let entry: serde_json::Value = serde_json::from_slice(&entry.payload).unwrap();
     assert_eq!(
         (entry["tenant"].as_str(), &entry["detail"]["retention_days"]),
