@@ -426,3 +426,45 @@ pub async fn api_token(data_dir: &Path, cmd: ApiTokenCommand, json: bool) -> any
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn grant(args: &[&str]) -> anyhow::Result<Binding> {
+        let mut argv = vec!["wegweiser", "user", "grant", "alice"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::User(UserCommand::Grant { binding, .. }) => binding.binding(),
+            other => anyhow::bail!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn scopes_from_the_command_line() {
+        let b = grant(&["--role", "Admin", "--global"]).unwrap();
+        assert_eq!((b.role, b.scope), (Role::Admin, Scope::Global));
+        let b = grant(&["--role", "viewer", "--tenant", "acme"]).unwrap();
+        assert!(matches!(b.scope, Scope::Tenant { .. }));
+        let b = grant(&[
+            "--role",
+            "technician",
+            "--tenant",
+            "acme",
+            "--organization",
+            "o1",
+            "--group",
+            "g1",
+        ])
+        .unwrap();
+        assert!(matches!(b.scope, Scope::Group { .. }));
+        let b = grant(&["--role", "viewer", "--tenant", "acme", "--device", "dev-1"]).unwrap();
+        assert!(matches!(b.scope, Scope::Device { .. }));
+        // No scope, a group without its organization, two scopes at once: refused.
+        assert!(grant(&["--role", "viewer"]).is_err());
+        assert!(grant(&["--role", "viewer", "--tenant", "acme", "--group", "g"]).is_err());
+        assert!(grant(&["--role", "viewer", "--global", "--tenant", "acme"]).is_err());
+    }
+}
