@@ -40,7 +40,7 @@ pub const MACHINES_BUCKET: &str = "wg_machines";
 pub const BLOCKS_BUCKET: &str = "wg_blocks";
 
 /// Opens a KV bucket, creating it if needed.
-async fn bucket(
+pub(crate) async fn bucket(
     js: &jetstream::Context,
     name: &str,
     description: &str,
@@ -334,6 +334,7 @@ pub(crate) struct Inner {
         std::sync::Mutex<std::collections::HashMap<TenantId, (u64, Arc<TenantSigner>)>>,
     pub(crate) accounts: std::sync::Mutex<std::collections::HashMap<AccountKey, TenantId>>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) authn: crate::users::AuthStores,
 }
 
 /// Connects to NATS as one of the service users. The JWT is minted on every (re)connect from a
@@ -540,6 +541,7 @@ impl Authority {
         crate::commands::open_log(&js, replicas).await?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let audit = crate::audit::Audit::open(&js, replicas, metrics.clone()).await?;
+        let authn = crate::users::AuthStores::open(&js, replicas, &cfg.auth).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -559,6 +561,7 @@ impl Authority {
                 signers: Default::default(),
                 accounts: Default::default(),
                 metrics,
+                authn,
             }),
         })
     }

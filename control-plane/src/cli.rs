@@ -81,6 +81,12 @@ pub enum Command {
     /// The audit trail: verify its hash chain, list a tenant's entries.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Users of the HTTPS API (login, role bindings).
+    #[command(subcommand)]
+    User(crate::cli_users::UserCommand),
+    /// API tokens for automation (`Authorization: Bearer wgapi_…`).
+    #[command(subcommand)]
+    ApiToken(crate::cli_users::ApiTokenCommand),
     /// Revoke a user: its JWTs stop working and live connections are dropped at once.
     Revoke {
         /// Tenant id.
@@ -527,6 +533,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch { tenant, device } => watch(&data_dir, tenant, device, json).await,
         Command::Issue(i) => issue(&data_dir, i, json).await,
         Command::Audit(a) => audit(&data_dir, a, json).await,
+        Command::User(u) => crate::cli_users::user(&data_dir, u, json).await,
+        Command::ApiToken(t) => crate::cli_users::api_token(&data_dir, t, json).await,
         Command::Revoke { tenant, user } => {
             let auth = Authority::open(&data_dir).await?;
             let at = auth.revoke(&tenant, &user).await?;
@@ -1117,6 +1125,7 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
 async fn serve(data_dir: &Path) -> anyhow::Result<()> {
     let auth = Authority::open(data_dir).await?;
     let repaired = reconcile(&auth).await?;
+    crate::cli_users::bootstrap(&auth, data_dir).await?;
     let tasks = start_service(&auth, &crate::trust::root_dir(data_dir)).await?;
     tracing::info!(
         nats = %auth.config().nats_url,
@@ -1174,15 +1183,11 @@ pub async fn start_service(auth: &Authority, root_dir: &Path) -> anyhow::Result<
         }
     }));
     if let Some(http) = auth.config().http.clone() {
-        let state = crate::http::AppState {
-            auth: auth.clone(),
-            gate: std::sync::Arc::new(crate::blocker::IpBlocker::new(
-                auth.config().enrollment.clone(),
-                auth.blocks_store().clone(),
-            )),
-            devices: crate::api::DeviceIndex::start(auth).await?,
-            root_dir: root_dir.to_owned(),
-        };
+        let state = crate::http::AppState::new(
+            auth.clone(),
+            crate::api::DeviceIndex::start(auth).await?,
+            root_dir.to_owned(),
+        );
         let mut rx = rx.clone();
         // Bind now so a port conflict is an error of `serve`, not a log line.
         let probe = std::net::TcpListener::bind(http.listen)
@@ -1276,6 +1281,7 @@ async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
     .await?;
     let auth = Authority::open(data_dir).await?;
     reconcile(&auth).await?;
+    crate::cli_users::bootstrap(&auth, data_dir).await?;
     let tenant = match auth.tenant(&a.tenant).await {
         Ok(t) => t,
         Err(AuthorityError::UnknownTenant(_)) => {

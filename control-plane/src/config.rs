@@ -110,6 +110,9 @@ pub struct Config {
     /// Signed commands: keyset lifetime, rotation grace, command lifetime.
     #[serde(default)]
     pub trust: TrustConfig,
+    /// API users, sessions, API tokens, login protection.
+    #[serde(default)]
+    pub auth: crate::users::AuthConfig,
 }
 
 /// `[trust]`: command keys and signed commands.
@@ -315,6 +318,7 @@ impl Config {
             http: None,
             enrollment: EnrollmentConfig::default(),
             trust: TrustConfig::default(),
+            auth: Default::default(),
         }
     }
 
@@ -447,6 +451,7 @@ impl Config {
                 .map(|s| format!("tenant_defaults.{s}")),
         );
         p.extend(self.trust.problems());
+        p.extend(self.auth.problems());
         p
     }
 }

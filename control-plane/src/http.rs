@@ -1,4 +1,5 @@
-//! The control plane's HTTPS server (axum + rustls): health, enrollment, metrics.
+//! The control plane's HTTPS server (axum + rustls): health, enrollment, metrics, and the
+//! authenticated `/v1` API ([`crate::web`]: login, sessions, API tokens, CSRF, security headers).
 //!
 //! Errors are JSON `{"code", "message"}` with one status per error kind; internal details are
 //! logged, never returned.
@@ -35,6 +36,30 @@ pub struct AppState {
     pub devices: Arc<crate::api::DeviceIndex>,
     /// Where the trust root keys are (for key rotations through the API).
     pub root_dir: std::path::PathBuf,
+    /// The login gate (per-address and per-account limits, sharing the enrollment gate's
+    /// lists and blocks).
+    pub login: Arc<crate::web::LoginGuard>,
+}
+
+impl AppState {
+    /// The state for `auth`, its gates configured from its configuration, with the device
+    /// index and the root key directory.
+    pub fn new(
+        auth: Authority,
+        devices: Arc<crate::api::DeviceIndex>,
+        root_dir: std::path::PathBuf,
+    ) -> Self {
+        Self {
+            devices,
+            root_dir,
+            gate: Arc::new(IpBlocker::new(
+                auth.config().enrollment.clone(),
+                auth.blocks_store().clone(),
+            )),
+            login: Arc::new(crate::web::LoginGuard::new(&auth)),
+            auth,
+        }
+    }
 }
 
 /// An error response.
@@ -46,7 +71,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// An error with a status, a stable code and a message that says what to do.
+    /// An error with this status, stable code and message (never internals).
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -56,6 +81,12 @@ impl ApiError {
             },
             retry_after: None,
         }
+    }
+
+    /// With a `Retry-After` header, seconds.
+    pub fn retry_after(mut self, secs: i64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 }
 
@@ -97,13 +128,22 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(crate::api::openapi))
-        .route(ENROLL_PATH, post(enroll))
+        .route(
+            ENROLL_PATH,
+            post(enroll).layer(DefaultBodyLimit::max(MAX_ENROLL_BODY)),
+        )
+        .merge(crate::web::auth_routes())
+        .merge(crate::api::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
-        .layer(DefaultBodyLimit::max(MAX_ENROLL_BODY))
+        .layer(DefaultBodyLimit::max(crate::web::MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::web::require_principal,
+        ))
         .layer(axum::middleware::from_fn(request_timeout))
-        .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::map_response(crate::web::security_headers))
         .with_state(state)
 }
 
@@ -120,25 +160,6 @@ async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Ne
         )
         .into_response(),
     }
-}
-
-async fn security_headers(mut r: Response) -> Response {
-    let h = r.headers_mut();
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::STRICT_TRANSPORT_SECURITY,
-        HeaderValue::from_static("max-age=31536000"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    r
 }
 
 async fn health(State(s): State<AppState>) -> Response {

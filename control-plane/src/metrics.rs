@@ -38,6 +38,19 @@ pub struct Metrics {
     pub audit_append_conflicts: AtomicU64,
     /// Audit entries that could not be stored (logged instead).
     pub audit_append_failed: AtomicU64,
+    /// Successful logins.
+    pub logins_ok: AtomicU64,
+    /// Failed logins by reason (`bad_password`, `unknown_user`, `disabled`, `locked`).
+    pub logins_failed: Mutex<BTreeMap<String, u64>>,
+    /// Login attempts refused by the per-address or per-account rate limit.
+    pub login_rate_limited: AtomicU64,
+    /// Login attempts from blocked or denied addresses.
+    pub login_blocked_requests: AtomicU64,
+    /// Accounts locked after repeated failed logins.
+    pub account_locks: AtomicU64,
+    /// API requests refused before their handler, by reason (`unauthenticated`, `csrf`,
+    /// `unavailable`).
+    pub api_auth_refused: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
@@ -141,6 +154,42 @@ impl Metrics {
             "wegweiser_audit_append_failed_total",
             "Audit entries that could not be stored (written to the log instead).",
             load(&self.audit_append_failed),
+        );
+        counter(
+            &mut s,
+            "wegweiser_logins_total",
+            "Successful logins.",
+            load(&self.logins_ok),
+        );
+        by_reason(
+            &mut s,
+            "wegweiser_logins_failed_total",
+            "Failed logins by reason.",
+            &self.logins_failed,
+        );
+        counter(
+            &mut s,
+            "wegweiser_login_rate_limited_total",
+            "Login attempts refused by the per-address or per-account rate limit.",
+            load(&self.login_rate_limited),
+        );
+        counter(
+            &mut s,
+            "wegweiser_login_blocked_requests_total",
+            "Login attempts from blocked or denied addresses.",
+            load(&self.login_blocked_requests),
+        );
+        counter(
+            &mut s,
+            "wegweiser_account_locks_total",
+            "Accounts locked after repeated failed logins.",
+            load(&self.account_locks),
+        );
+        by_reason(
+            &mut s,
+            "wegweiser_api_auth_refused_total",
+            "API requests refused before their handler, by reason.",
+            &self.api_auth_refused,
         );
         s
     }

@@ -47,6 +47,34 @@ pub struct PlatformOptions {
     pub device_ttl: Option<i64>,
     /// Shortest time between two renewals of a device, seconds.
     pub renew_min_interval: Option<i64>,
+    /// `[auth]` to use instead of the defaults (e.g. short session timeouts, cheap hashes).
+    pub auth: Option<wegweiser_cp::users::AuthConfig>,
+}
+
+/// A response of [`Platform::request`].
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lowercase, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body as JSON (a JSON string when it is not JSON).
+    pub body: serde_json::Value,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The error code of a JSON error body.
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
 }
 
 impl Platform {
@@ -92,6 +120,7 @@ impl Platform {
         if opts.enrollment.is_some()
             || opts.device_ttl.is_some()
             || opts.renew_min_interval.is_some()
+            || opts.auth.is_some()
         {
             let path = data.join(wegweiser_cp::config::CONFIG_FILE);
             let mut cfg: wegweiser_cp::config::Config =
@@ -104,6 +133,9 @@ impl Platform {
             }
             if let Some(t) = opts.renew_min_interval {
                 cfg.renew_min_interval_secs = t;
+            }
+            if let Some(a) = opts.auth {
+                cfg.auth = a;
             }
             std::fs::write(&path, toml::to_string(&cfg)?)?;
         }
@@ -293,6 +325,61 @@ impl Platform {
             .timeout_global(Some(Duration::from_secs(10)))
             .build()
             .into()
+    }
+
+    /// Sends `method path` to the control plane's HTTPS server with these headers and body.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<HttpResponse> {
+        let agent = self.https();
+        let mut b = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.https_url()));
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        if body.is_some() {
+            b = b.header("content-type", "application/json");
+        }
+        let req = b.body(body.unwrap_or_default())?;
+        tokio::task::spawn_blocking(move || {
+            let mut r = agent.run(req)?;
+            let status = r.status().as_u16();
+            let headers = r
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        v.to_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+            Ok(HttpResponse {
+                status,
+                headers,
+                body,
+            })
+        })
+        .await?
+    }
+
+    /// POSTs `body` to the enrollment endpoint; the whole response.
+    pub async fn post_enroll_raw(&self, body: Vec<u8>) -> HttpResponse {
+        self.request(
+            "POST",
+            wegweiser_shared::enroll::ENROLL_PATH,
+            &[],
+            Some(body),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("enrollment request failed: {e}"))
     }
 
     /// POSTs a JSON body to the enrollment endpoint; returns status and JSON answer.
