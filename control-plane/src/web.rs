@@ -316,7 +316,10 @@ struct PasswordRequest {
     new: String,
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(
+/// Parses a JSON request body taken as `Result<Bytes, BytesRejection>`: 413 `too_large` past
+/// the body limit, 400 `bad_request` naming only the line and column (serde's messages may
+/// quote input such as a password).
+pub fn json_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     let body = body.map_err(|e| {
@@ -330,7 +333,6 @@ fn json_body<T: serde::de::DeserializeOwned>(
             ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "unreadable body")
         }
     })?;
-    // serde's messages may quote input (a password); say only where it went wrong.
     serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
