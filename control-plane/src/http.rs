@@ -137,6 +137,13 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method; see /openapi.json",
+            )
+        })
         .layer(DefaultBodyLimit::max(crate::web::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -55,6 +55,12 @@ impl SimDevice {
     /// trust bundle of the enrollment answer.
     pub async fn enroll(p: &Platform, tenant: &TenantId, machine: &str) -> anyhow::Result<Self> {
         let tok = p.token(tenant, 1).await?;
+        Self::enroll_with(p, tok.expose(), machine).await
+    }
+
+    /// Enrolls a device with the enrollment token `token` and connects it.
+    pub async fn enroll_with(p: &Platform, token: &str, machine: &str) -> anyhow::Result<Self> {
+        let tok = wegweiser_shared::secret::SecretString::new(token.to_owned());
         let kp = Arc::new(nkeys::KeyPair::new_user());
         let facts = crate::facts(machine);
         let (status, v) = p

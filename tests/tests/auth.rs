@@ -129,7 +129,7 @@ async fn last_audit(p: &Platform, kind: &str) -> serde_json::Value {
         .await
         .unwrap();
     let m = audit
-        .get_last_raw_message_by_subject(&format!("wgcp.audit.{}", kind.replace('.', "_")))
+        .get_last_raw_message_by_subject(&format!("wgcp.audit._.{}", kind.replace('.', "_")))
         .await
         .unwrap();
     serde_json::from_slice(&m.payload).unwrap()
@@ -219,7 +219,7 @@ async fn cookie_requests_that_change_state_need_the_csrf_token() {
     // Reads need none.
     assert_eq!(get(&p, "/v1/auth/me", &s).await.status, 200);
     // Right: past the check (no such route: 404).
-    let r = post(&p, "/v1/tenants", &s, Some(&s.csrf), "{}").await;
+    let r = post(&p, "/v1/no-such-route", &s, Some(&s.csrf), "{}").await;
     assert_eq!((r.status, r.code()), (404, "not_found"), "{r:?}");
     // Bearer tokens are exempt.
     let (token, _) = p
@@ -235,7 +235,7 @@ async fn cookie_requests_that_change_state_need_the_csrf_token() {
         )
         .await
         .unwrap();
-    let r = bearer(&p, "POST", "/v1/tenants", token.expose()).await;
+    let r = bearer(&p, "POST", "/v1/no-such-route", token.expose()).await;
     assert_eq!((r.status, r.code()), (404, "not_found"), "{r:?}");
     // Logout with the token: ends the session, clears the cookie.
     let r = post(&p, "/v1/auth/logout", &s, Some(&s.csrf), "").await;
