@@ -8,20 +8,12 @@
 //! 2. The authorization check per call.
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 use wegweiser_cp::{
     api::{DeviceIndex, DeviceQuery},
-    authority::NewTenant,
     enrollment::NewToken,
     rbac::{self, Action, Binding, Place, Principal, Role, Scope, Target},
 };
-use wegweiser_shared::enroll::{EnrollRequest, enroll_proof_message, sign_proof};
 use wegweiser_tests::Platform;
 
 fn main() {
@@ -53,16 +45,7 @@ fn time_it(rounds: usize, mut f: impl FnMut() -> usize) -> (u64, u64, usize) {
 
 async fn run(quick: bool) {
     let p = Arc::new(Platform::start().await.unwrap());
-    let t = p
-        .auth
-        .create_tenant(NewTenant {
-            id: "bench".parse().unwrap(),
-            name: None,
-            limits: None,
-            retention_days: None,
-        })
-        .await
-        .unwrap();
+    let t = p.tenant("bench").await.unwrap();
     let n = if quick { 1_000 } else { 10_000 };
     let groups = 10;
     let mut tokens = Vec::new();
@@ -81,46 +64,10 @@ async fn run(quick: bool) {
             .unwrap();
         tokens.push(token.expose().to_owned());
     }
-    let tokens = Arc::new(tokens);
-    let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..32 {
-        let (p, tokens, next) = (p.clone(), tokens.clone(), next.clone());
-        workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let token = &tokens[i % groups];
-                let kp = nkeys::KeyPair::new_user();
-                let public_key = kp.public_key().parse().unwrap();
-                let facts = wegweiser_tests::facts(&format!("host-{i:05}"));
-                let proof = sign_proof(
-                    &kp,
-                    &enroll_proof_message(token, &facts.machine_id, &public_key),
-                )
-                .unwrap();
-                p.auth
-                    .enroll(
-                        EnrollRequest {
-                            token: token.clone(),
-                            public_key,
-                            proof,
-                            current: None,
-                            facts,
-                        },
-                        "127.0.0.1",
-                    )
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for w in workers {
-        w.await.unwrap();
-    }
+    wegweiser_tests::enroll_many(&p, &tokens, n, "host-")
+        .await
+        .unwrap();
     println!(
         "setup: {n} devices in {groups} groups enrolled in {:.1} s",
         start.elapsed().as_secs_f64()

@@ -21,19 +21,17 @@ use futures::StreamExt;
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 use wegweiser_cp::{
-    authority::NewTenant,
     commands::{CommandRequest, Target},
     enrollment::NewToken,
 };
 use wegweiser_shared::{
     command::{self, Command, CommandPayload, CommandResult, Expected, Outcome},
     dsse::generate_key,
-    enroll::{EnrollRequest, enroll_proof_message, sign_proof},
     ids::DeviceId,
     time::now,
     trust::{
@@ -149,16 +147,7 @@ fn verify_per_second(quick: bool) {
 
 async fn over_nats(quick: bool) {
     let p = Arc::new(Platform::start().await.unwrap());
-    let t = p
-        .auth
-        .create_tenant(NewTenant {
-            id: "bench".parse().unwrap(),
-            name: None,
-            limits: None,
-            retention_days: None,
-        })
-        .await
-        .unwrap();
+    let t = p.tenant("bench").await.unwrap();
     let _tasks = p.serve().await.unwrap();
 
     // 2. Round trip to one simulated device.
@@ -214,45 +203,10 @@ async fn over_nats(quick: bool) {
         })
         .await
         .unwrap();
-    let token = token.expose().to_owned();
-    let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..32 {
-        let (p, token, next) = (p.clone(), token.clone(), next.clone());
-        workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let kp = nkeys::KeyPair::new_user();
-                let public_key = kp.public_key().parse().unwrap();
-                let facts = wegweiser_tests::facts(&format!("fleet-{i}"));
-                let proof = sign_proof(
-                    &kp,
-                    &enroll_proof_message(&token, &facts.machine_id, &public_key),
-                )
-                .unwrap();
-                p.auth
-                    .enroll(
-                        EnrollRequest {
-                            token: token.clone(),
-                            public_key,
-                            proof,
-                            current: None,
-                            facts,
-                        },
-                        "127.0.0.1",
-                    )
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for w in workers {
-        w.await.unwrap();
-    }
+    wegweiser_tests::enroll_many(&p, &[token.expose().to_owned()], n, "fleet-")
+        .await
+        .unwrap();
     println!(
         "fleet_setup: {n} devices enrolled in {:.1} s",
         start.elapsed().as_secs_f64()

@@ -551,6 +551,57 @@ pub fn workspace_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
+/// Enrolls `n` devices through the library (no HTTPS), 32 at a time: device `i` uses
+/// `tokens[i % tokens.len()]` and the machine name `{prefix}{i:05}`. For benchmarks that need
+/// many real device records.
+pub async fn enroll_many(
+    p: &Arc<Platform>,
+    tokens: &[String],
+    n: usize,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    use wegweiser_shared::enroll::{EnrollRequest, enroll_proof_message, sign_proof};
+    let tokens = Arc::new(tokens.to_vec());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (p, tokens, next, prefix) =
+            (p.clone(), tokens.clone(), next.clone(), prefix.to_owned());
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let token = &tokens[i % tokens.len()];
+                let kp = nkeys::KeyPair::new_user();
+                let public_key = kp.public_key().parse()?;
+                let facts = facts(&format!("{prefix}{i:05}"));
+                let proof = sign_proof(
+                    &kp,
+                    &enroll_proof_message(token, &facts.machine_id, &public_key),
+                )
+                .ok_or_else(|| anyhow::anyhow!("cannot sign the enrollment proof"))?;
+                let request = EnrollRequest {
+                    token: token.clone(),
+                    public_key,
+                    proof,
+                    current: None,
+                    facts,
+                };
+                p.auth
+                    .enroll(request, "127.0.0.1")
+                    .await
+                    .map_err(|e| anyhow::anyhow!("enrollment {i}: {e}"))?;
+            }
+        });
+    }
+    while let Some(r) = workers.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
 /// Facts of a Linux test machine named `machine` (host name and machine id).
 pub fn facts(machine: &str) -> wegweiser_shared::enroll::DeviceFacts {
     wegweiser_shared::enroll::DeviceFacts {
