@@ -227,6 +227,8 @@ pub struct Reporter {
     device: DeviceId,
     /// Wakes [`Reporter::deliver`]: a report was pushed, or the client (re)connected.
     wake: Arc<Notify>,
+    /// How many times the client has (re)connected ([`Reporter::connections`]).
+    connects: Arc<AtomicU64>,
     /// Records waiting in the spool, as of the last spool operation.
     depth: Arc<AtomicU64>,
     /// The depth last written to `status.json`.
@@ -261,6 +263,7 @@ impl Reporter {
             account,
             device,
             wake: Arc::new(Notify::new()),
+            connects: Arc::new(AtomicU64::new(0)),
             depth: Arc::new(AtomicU64::new(depth)),
             shown_depth: AtomicU64::new(u64::MAX),
             status,
@@ -284,6 +287,14 @@ impl Reporter {
     /// What wakes [`Reporter::deliver`]; notify it when the client (re)connects.
     pub fn waker(&self) -> Arc<Notify> {
         self.wake.clone()
+    }
+
+    /// The connect counter: increment it on every (re)connect. Replies to reports sent on an
+    /// earlier connection may be lost with it, so delivery resends them at once instead of
+    /// waiting out [`ACK_TIMEOUT`] (a renewal's reconnect takes well under the connection
+    /// check interval, so the state alone does not show it).
+    pub fn connections(&self) -> Arc<AtomicU64> {
+        self.connects.clone()
     }
 
     /// Reports waiting in the spool.
@@ -475,7 +486,10 @@ impl Reporter {
     /// acknowledgement, and acknowledges in the spool the longest prefix the stream confirmed.
     /// Whether a report failed (then the rest of the batch is retried from it).
     async fn deliver_batch(&self, client: &Client, batch: Vec<Record>, attempt: &mut u32) -> bool {
-        let mut window = Window::default();
+        let mut window = Window {
+            connection: Some((self.connects.clone(), self.connects.load(Ordering::SeqCst))),
+            ..Window::default()
+        };
         let inbox = client.new_inbox();
         let (confirmed, failure) = match client.subscribe(format!("{inbox}.*")).await {
             Ok(replies) => window.run(client, &inbox, replies, &batch).await,
@@ -527,6 +541,8 @@ struct Window {
     bytes: usize,
     /// The last report of the confirmed prefix.
     confirmed: Option<u64>,
+    /// The connect counter and its value when the round began.
+    connection: Option<(Arc<AtomicU64>, u64)>,
 }
 
 /// What failed, and for which report if known.
@@ -619,7 +635,13 @@ impl Window {
                 Err(_) if tokio::time::Instant::now() >= deadline => {
                     return Err((Some(oldest), DeliveryError::Timeout));
                 }
-                Err(_) if client.connection_state() != ConnState::Connected => {
+                Err(_)
+                    if client.connection_state() != ConnState::Connected
+                        || self
+                            .connection
+                            .as_ref()
+                            .is_some_and(|(c, at)| c.load(Ordering::SeqCst) != *at) =>
+                {
                     return Err((Some(oldest), DeliveryError::NotConnected));
                 }
                 Err(_) => {}

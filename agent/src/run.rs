@@ -193,6 +193,8 @@ struct Shared {
     connected: Notify,
     /// Wakes report delivery on every connect ([`Reporter::waker`]).
     delivery: Arc<Notify>,
+    /// Counts connects for report delivery ([`Reporter::connections`]).
+    connects: Arc<std::sync::atomic::AtomicU64>,
     /// Signalled when the connection is closed (end of drain).
     closed: Notify,
     /// Signalled when the server revoked the key the connection presented.
@@ -300,6 +302,7 @@ pub async fn run(paths: &Paths, shutdown: impl Future<Output = ()>) -> Result<St
         stopped: AtomicBool::new(false),
         connected: Notify::new(),
         delivery: reporter.waker(),
+        connects: reporter.connections(),
         closed: Notify::new(),
         revoked: Notify::new(),
         trust_refresh: Arc::new(Notify::new()),
@@ -501,6 +504,7 @@ fn on_event(event: Event, shared: &Shared) {
             status.set_state(State::Connected, None);
             shared.connected.notify_one();
             shared.trust_refresh.notify_one();
+            shared.connects.fetch_add(1, Ordering::SeqCst);
             shared.delivery.notify_one();
         }
         Event::Disconnected => {
