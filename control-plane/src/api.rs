@@ -112,45 +112,77 @@ pub struct DeviceIndex {
 }
 
 impl DeviceIndex {
-    /// Loads the index and keeps it current until the watches end.
+    /// Loads the index and keeps it current: device records and the last heartbeat times.
     pub async fn start(auth: &Authority) -> Result<Arc<Self>, AuthorityError> {
         let index = Arc::new(Self::default());
-        let devices = auth.inner.devices.clone();
-        // Watch first, then load: an update between the two is applied twice, never lost.
-        let mut updates = devices
-            .watch_all()
-            .await
-            .map_err(crate::authority::store_err)?;
-        for (key, value) in crate::authority::kv_values(&auth.inner.cp, &devices, "*.*").await? {
-            index.apply_device(&key, Some(&value));
-        }
-        let i = index.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(e)) = updates.next().await {
-                let value =
-                    (e.operation == async_nats::jetstream::kv::Operation::Put).then_some(&e.value);
-                i.apply_device(&e.key, value);
-            }
-        });
-        let js = async_nats::jetstream::new(auth.inner.cp.clone());
+        let client = auth.inner.cp.clone();
+        Self::follow(
+            &index,
+            &client,
+            &auth.inner.devices,
+            "*.*",
+            Self::apply_device,
+        )
+        .await?;
+        let js = async_nats::jetstream::new(client.clone());
         if let Ok(latest) = js.get_key_value(crate::ingest::LATEST_BUCKET).await {
-            let mut hb = latest
-                .watch("*.*.hb")
-                .await
-                .map_err(crate::authority::store_err)?;
-            for (key, value) in
-                crate::authority::kv_values(&auth.inner.cp, &latest, "*.*.hb").await?
-            {
-                index.apply_seen(&key, &value);
-            }
-            let i = index.clone();
-            tokio::spawn(async move {
-                while let Some(Ok(e)) = hb.next().await {
-                    i.apply_seen(&e.key, &e.value);
-                }
-            });
+            Self::follow(&index, &client, &latest, "*.*.hb", Self::apply_seen).await?;
         }
         Ok(index)
+    }
+
+    /// Loads the keys of `store` matching `keys` into the index with `apply`, then follows their
+    /// changes in a task for as long as the process runs; when a watch ends (the server went
+    /// away, the consumer was lost), it watches again and reloads every key after a second.
+    async fn follow(
+        index: &Arc<Self>,
+        client: &async_nats::Client,
+        store: &async_nats::jetstream::kv::Store,
+        keys: &'static str,
+        apply: fn(&Self, &str, Option<&bytes::Bytes>),
+    ) -> Result<(), AuthorityError> {
+        let mut updates = Self::watch_and_load(index, client, store, keys, apply).await?;
+        let (index, client, store) = (index.clone(), client.clone(), store.clone());
+        tokio::spawn(async move {
+            loop {
+                while let Some(Ok(e)) = updates.next().await {
+                    let put = e.operation == async_nats::jetstream::kv::Operation::Put;
+                    apply(&index, &e.key, put.then_some(&e.value));
+                }
+                tracing::warn!(bucket = %store.name, "The device index lost its watch; reloading.");
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match Self::watch_and_load(&index, &client, &store, keys, apply).await {
+                        Ok(w) => {
+                            updates = w;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(bucket = %store.name, error = %e, "Cannot reload the device index yet.")
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Watches, then loads (an update between the two is applied twice, never lost).
+    async fn watch_and_load(
+        index: &Self,
+        client: &async_nats::Client,
+        store: &async_nats::jetstream::kv::Store,
+        keys: &str,
+        apply: fn(&Self, &str, Option<&bytes::Bytes>),
+    ) -> Result<async_nats::jetstream::kv::Watch, AuthorityError> {
+        let updates = store
+            .watch(keys)
+            .await
+            .map_err(crate::authority::store_err)?;
+        for (key, value) in crate::authority::kv_values(client, store, keys).await? {
+            apply(index, &key, Some(&value));
+        }
+        Ok(updates)
     }
 
     fn apply_device(&self, key: &str, value: Option<&bytes::Bytes>) {
@@ -172,7 +204,10 @@ impl DeviceIndex {
         }
     }
 
-    fn apply_seen(&self, key: &str, value: &[u8]) {
+    fn apply_seen(&self, key: &str, value: Option<&bytes::Bytes>) {
+        let Some(value) = value else {
+            return;
+        };
         let mut parts = key.split('.');
         let (Some(t), Some(d)) = (parts.next(), parts.next()) else {
             return;
