@@ -283,6 +283,17 @@ impl DeviceIndex {
             .cloned()
     }
 
+    /// Every device of `tenant` in group `group`, whoever asks.
+    pub fn in_group(&self, tenant: &TenantId, group: &str) -> Vec<DeviceRecord> {
+        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        devices
+            .range((tenant.to_string(), String::new())..)
+            .take_while(|((t, _), _)| t == tenant.as_str())
+            .filter(|(_, d)| d.group.as_deref() == Some(group))
+            .map(|(_, d)| d.clone())
+            .collect()
+    }
+
     /// How many devices it holds.
     pub fn len(&self) -> usize {
         self.devices.read().unwrap_or_else(|e| e.into_inner()).len()
@@ -652,22 +663,10 @@ pub async fn send_command(
         if !rbac::sees_tenant(&who, &tenant) {
             return Err(not_found());
         }
-        let devices = s.devices.page(
-            &who,
-            &tenant,
-            &DeviceQuery {
-                group: Some(g.clone()),
-                limit: Some(MAX_LIMIT),
-                ..Default::default()
-            },
-        );
-        for d in &devices.items {
-            if let Some(r) = s
-                .devices
-                .get(&tenant, &d.id.parse().map_err(|_| not_found())?)
-            {
-                guard(&who, Action::Command, &device_target(&r))?;
-            }
+        // Every device of the group, seen by the caller or not: commanding the group needs
+        // Command on each one.
+        for d in s.devices.in_group(&tenant, g) {
+            guard(&who, Action::Command, &device_target(&d))?;
         }
     }
     let mut raw = serde_json::json!({"kind": body.kind, "args": body.args});

@@ -266,6 +266,69 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
         }
     }
     assert_eq!(checked, 4 * 4 * 14);
+    // A second device in the same group: a technician scoped to the first device must not reach
+    // it by commanding the whole group, even though it cannot see it.
+    let second = enroll_in(&p, &acme, "o1", "g1", "m3").await;
+    let _second_serving = tokio::spawn(second.clone().serve());
+    for _ in 0..100 {
+        if call(
+            &p,
+            &op,
+            "GET",
+            &format!("/v1/tenants/{acme}/devices/{}", second.id),
+            None,
+        )
+        .await
+        .status
+            == 200
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let tech = token_for(
+        &p,
+        "tech-one-device",
+        vec![Binding {
+            role: Role::Technician,
+            scope: scopes[3].1.clone(),
+        }],
+    )
+    .await;
+    let group_ping = r#"{"group":"g1","kind":"ping","timeout_secs":5}"#;
+    let r = call(
+        &p,
+        &tech,
+        "POST",
+        &format!("/v1/tenants/{acme}/commands"),
+        Some(group_ping),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(
+        second.seen().executed.is_empty(),
+        "the unseen device ran nothing"
+    );
+    // A group-scoped technician commands both.
+    let group_tech = token_for(
+        &p,
+        "tech-group",
+        vec![Binding {
+            role: Role::Technician,
+            scope: scopes[2].1.clone(),
+        }],
+    )
+    .await;
+    let r = call(
+        &p,
+        &group_tech,
+        "POST",
+        &format!("/v1/tenants/{acme}/commands"),
+        Some(group_ping),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["devices"].as_array().unwrap().len(), 2, "{r:?}");
     // The other tenant's device never saw a command.
     assert!(foreign.seen().executed.is_empty());
 }
