@@ -943,7 +943,9 @@ pub struct ApiDoc;
 
 /// `GET /openapi.json`.
 pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(crate::api_admin::AdminApiDoc::openapi());
+    Json(doc)
 }
 
 /// The API routes (they expect a [`Principal`] in the request extensions).

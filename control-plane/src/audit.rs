@@ -750,12 +750,16 @@ pub async fn verify_stream(
 /// A tenant-scoped audit query: entries whose `tenant` is `tenant`, in stream order.
 #[derive(Debug, Clone)]
 pub struct AuditQuery {
-    /// The tenant.
-    pub tenant: TenantId,
+    /// The tenant (`None`: the platform's own entries, stored under [`NO_TENANT`]).
+    pub tenant: Option<TenantId>,
     /// Only this kind (exact, e.g. `enroll.refused`).
     pub kind: Option<String>,
+    /// Only entries of this actor (exact).
+    pub actor: Option<String>,
     /// Only entries stamped at or after this time (Unix seconds).
     pub since: Option<i64>,
+    /// Only entries stamped at or before this time (Unix seconds).
+    pub until: Option<i64>,
     /// Stream sequence to start at (`next` of the previous page; 0 or 1 for the beginning).
     pub start: u64,
     /// Most entries to return (at least 1; at most [`AuditQuery::MAX_LIMIT`]).
@@ -769,9 +773,19 @@ impl AuditQuery {
     /// All entries of `tenant`, first page of 100.
     pub fn tenant(tenant: TenantId) -> Self {
         Self {
-            tenant,
+            tenant: Some(tenant),
+            ..Self::platform()
+        }
+    }
+
+    /// All entries of no tenant (the platform's own), first page of 100.
+    pub fn platform() -> Self {
+        Self {
+            tenant: None,
             kind: None,
+            actor: None,
             since: None,
+            until: None,
             start: 0,
             limit: 100,
         }
@@ -793,9 +807,9 @@ async fn query_stream(
     q: &AuditQuery,
 ) -> Result<AuditPage, AuthorityError> {
     let limit = q.limit.clamp(1, AuditQuery::MAX_LIMIT);
+    let owner = q.tenant.as_ref().map_or(NO_TENANT, TenantId::as_str);
     let filter = format!(
-        "{AUDIT_PREFIX}.{}.{}",
-        q.tenant,
+        "{AUDIT_PREFIX}.{owner}.{}",
         q.kind
             .as_deref()
             .map(kind_token)
@@ -830,9 +844,16 @@ async fn query_stream(
             );
             continue;
         };
-        if e.tenant.as_deref() != Some(q.tenant.as_str())
+        let stored_under = e
+            .tenant
+            .as_deref()
+            .filter(|t| t.parse::<TenantId>().is_ok())
+            .unwrap_or(NO_TENANT);
+        if stored_under != owner
             || q.kind.as_ref().is_some_and(|k| *k != e.kind)
+            || q.actor.as_ref().is_some_and(|a| *a != e.actor)
             || q.since.is_some_and(|t| e.ts < t)
+            || q.until.is_some_and(|t| e.ts > t)
         {
             continue;
         }

@@ -87,6 +87,12 @@ pub enum Command {
     /// API tokens for automation (`Authorization: Bearer wgapi_…`).
     #[command(subcommand)]
     ApiToken(crate::cli_users::ApiTokenCommand),
+    /// Log in to a control plane's HTTPS API: saves an expiring API token for `wegweiser api`.
+    Login(crate::cli_api::LoginArgs),
+    /// Revoke the saved API token and forget the login.
+    Logout,
+    /// One authenticated API request (`wegweiser api GET /v1/tenants`); prints the JSON answer.
+    Api(crate::cli_api::ApiArgs),
     /// Revoke a user: its JWTs stop working and live connections are dropped at once.
     Revoke {
         /// Tenant id.
@@ -535,6 +541,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(a) => audit(&data_dir, a, json).await,
         Command::User(u) => crate::cli_users::user(&data_dir, u, json).await,
         Command::ApiToken(t) => crate::cli_users::api_token(&data_dir, t, json).await,
+        Command::Login(a) => blocking(move || crate::cli_api::login(a, json)).await,
+        Command::Logout => blocking(move || crate::cli_api::logout(json)).await,
+        Command::Api(a) => blocking(move || crate::cli_api::api(a)).await,
         Command::Revoke { tenant, user } => {
             let auth = Authority::open(&data_dir).await?;
             let at = auth.revoke(&tenant, &user).await?;
@@ -550,6 +559,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Runs a blocking client command off the runtime's threads.
+async fn blocking(f: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(f).await?
 }
 
 async fn audit(data_dir: &Path, cmd: AuditCommand, json: bool) -> anyhow::Result<()> {
@@ -600,9 +614,11 @@ async fn audit(data_dir: &Path, cmd: AuditCommand, json: bool) -> anyhow::Result
         } => {
             let page = auth
                 .audit_query(&crate::audit::AuditQuery {
-                    tenant,
+                    tenant: Some(tenant),
                     kind,
+                    actor: None,
                     since,
+                    until: None,
                     start,
                     limit,
                 })

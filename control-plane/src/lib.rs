@@ -9,11 +9,13 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_admin;
 pub mod audit;
 pub mod authority;
 pub mod blocker;
 pub mod certs;
 pub mod cli;
+pub mod cli_api;
 pub mod cli_commands;
 pub mod cli_users;
 pub mod commands;
