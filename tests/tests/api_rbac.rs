@@ -156,6 +156,27 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
             },
         ),
     ];
+    // Users to administer: one in the group, one at the tenant, one in the other tenant.
+    for (name, scope) in [
+        ("in-group", scopes[2].1.clone()),
+        ("in-tenant", scopes[0].1.clone()),
+        (
+            "elsewhere",
+            Scope::Tenant {
+                tenant: other.clone(),
+            },
+        ),
+    ] {
+        token_for(
+            &p,
+            name,
+            vec![Binding {
+                role: Role::Viewer,
+                scope,
+            }],
+        )
+        .await;
+    }
     let mut checked = 0;
     for (scope_name, scope) in &scopes {
         for role in Role::ALL {
@@ -235,6 +256,134 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
                     Some("{}".into()),
                     404,
                 ),
+                // Tenants: the platform operator's; a tenant in view is 403, else 404.
+                (
+                    "POST",
+                    "/v1/tenants".into(),
+                    Some(format!(r#"{{"id":"t-{who}"}}"#)),
+                    404,
+                ),
+                (
+                    "PATCH",
+                    format!("/v1/tenants/{acme}"),
+                    Some(r#"{"retention_days":5}"#.into()),
+                    403,
+                ),
+                ("DELETE", format!("/v1/tenants/{acme}"), None, 403),
+                ("DELETE", format!("/v1/tenants/{other}"), None, 404),
+                // Users: Admins in their scopes; other roles 403 in scope, 404 outside.
+                (
+                    "GET",
+                    "/v1/users".into(),
+                    None,
+                    if role == Role::Admin { 200 } else { 403 },
+                ),
+                (
+                    "POST",
+                    "/v1/users".into(),
+                    Some(format!(
+                        r#"{{"name":"new-{who}","bindings":[{}]}}"#,
+                        serde_json::to_string(&Binding {
+                            role: Role::Viewer,
+                            scope: scope.clone(),
+                        })
+                        .unwrap()
+                    )),
+                    if role == Role::Admin { 201 } else { 403 },
+                ),
+                (
+                    "GET",
+                    "/v1/users/in-group".into(),
+                    None,
+                    if device_scope {
+                        404
+                    } else if role == Role::Admin {
+                        200
+                    } else {
+                        403
+                    },
+                ),
+                (
+                    "GET",
+                    "/v1/users/in-tenant".into(),
+                    None,
+                    match (*scope_name, role) {
+                        ("tenant", Role::Admin) => 200,
+                        ("tenant", _) => 403,
+                        _ => 404,
+                    },
+                ),
+                ("GET", "/v1/users/elsewhere".into(), None, 404),
+                ("POST", "/v1/users/elsewhere/disable".into(), None, 404),
+                // Bindings: a tenant-scope binding only by a tenant Admin (an organization or
+                // group Admin gets 403); a group binding by any Admin whose scope holds it.
+                (
+                    "POST",
+                    "/v1/users/in-group/bindings".into(),
+                    Some(format!(
+                        r#"{{"role":"viewer","scope":"tenant","tenant":"{acme}"}}"#
+                    )),
+                    if device_scope {
+                        404
+                    } else if (*scope_name, role) == ("tenant", Role::Admin) {
+                        200
+                    } else {
+                        403
+                    },
+                ),
+                (
+                    "DELETE",
+                    format!("/v1/users/in-group/bindings?role=viewer&scope=tenant&tenant={acme}"),
+                    None,
+                    if device_scope {
+                        404
+                    } else if (*scope_name, role) == ("tenant", Role::Admin) {
+                        200
+                    } else {
+                        403
+                    },
+                ),
+                (
+                    "POST",
+                    "/v1/users/in-group/bindings".into(),
+                    Some(format!(
+                        r#"{{"role":"technician","scope":"group","tenant":"{acme}","organization":"o1","group":"g1"}}"#
+                    )),
+                    if device_scope {
+                        404
+                    } else if role == Role::Admin {
+                        200
+                    } else {
+                        403
+                    },
+                ),
+                (
+                    "POST",
+                    "/v1/users/in-tenant/bindings".into(),
+                    Some(format!(
+                        r#"{{"role":"viewer","scope":"tenant","tenant":"{other}"}}"#
+                    )),
+                    match (*scope_name, role) {
+                        // The user is in view, the binding's tenant is not.
+                        ("tenant", Role::Admin) => 404,
+                        ("tenant", _) => 403,
+                        _ => 404,
+                    },
+                ),
+                // Audit: the tenant's trail needs Manager at the tenant scope; the platform's
+                // is global.
+                (
+                    "GET",
+                    format!("/v1/tenants/{acme}/audit?limit=5"),
+                    None,
+                    if *scope_name == "tenant" && at_least(Role::Manager) {
+                        200
+                    } else {
+                        403
+                    },
+                ),
+                ("GET", format!("/v1/tenants/{other}/audit"), None, 404),
+                ("GET", "/v1/audit".into(), None, 404),
             ];
             for (method, path, body, want) in cases {
                 let r = call(&p, &tok, method, &path, body.as_deref()).await;
@@ -265,7 +414,29 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
             assert_eq!(ids, vec![dev.id.as_str()], "{who}");
         }
     }
-    assert_eq!(checked, 4 * 4 * 14);
+    assert_eq!(checked, 4 * 4 * 31);
+    // Global roles other than Admin: the platform is in view (403), not theirs to change.
+    let global_viewer = token_for(
+        &p,
+        "global-viewer",
+        vec![Binding {
+            role: Role::Viewer,
+            scope: Scope::Global,
+        }],
+    )
+    .await;
+    for (method, path, body, want) in [
+        ("POST", "/v1/tenants", Some(r#"{"id":"gv"}"#), 403),
+        ("GET", "/v1/audit", None, 403),
+        ("GET", "/v1/users", None, 403),
+        ("GET", "/v1/users/in-group", None, 403),
+        ("GET", "/v1/users/no-such-user", None, 404),
+    ] {
+        let r = call(&p, &global_viewer, method, path, body).await;
+        assert_eq!(r.status, want, "global viewer: {method} {path}: {r:?}");
+    }
+    let r = call(&p, &op, "GET", "/v1/audit?kind=user.create", None).await;
+    assert_eq!(r.status, 200, "{r:?}");
     // A second device in the same group: a technician scoped to the first device must not reach
     // it by commanding the whole group, even though it cannot see it.
     let second = enroll_in(&p, &acme, "o1", "g1", "m3").await;
