@@ -20,15 +20,17 @@
 //!
 //! **Users.** The caller's *Admin scopes* are the scopes of its bindings at which [`guard`]
 //! allows `ManageUsers`. A user is *visible* when at least one of its bindings lies within
-//! one of them (a user without bindings: to global Admins only); anything else is 404, like a
-//! user that does not exist. Changing or deleting a user needs *every* one of its bindings
-//! within the caller's Admin scopes: a user who is visible but also holds a binding elsewhere is
-//! answered 403 (in scope, but not the caller's to change). A granted or revoked binding must lie
-//! within the caller's Admin scopes: else 404 when it names a tenant the caller does not see,
-//! 403 otherwise. A device-scope binding is placed where the device lies (its organization and
-//! group), so an organization Admin can grant access to one of its devices. A caller without any
-//! Admin binding gets 403 on every user endpoint (404 when it has no binding at all). Deleting,
-//! disabling or unbinding the last enabled global Admin is refused with 409 `last_admin`.
+//! one of them (a user without bindings: to global Admins only). A user none of whose bindings
+//! lies in any scope of the caller is 404, like a user that does not exist; one that does, but
+//! not within an Admin scope, is 403. Listing and creating users need an Admin binding (403
+//! without one, 404 without any binding). Changing or deleting a user needs *every* one of its
+//! bindings within the caller's Admin scopes: a user who is visible but also holds a binding
+//! elsewhere is answered 403 (in scope, but not the caller's to change). A granted or revoked
+//! binding must lie within the caller's Admin scopes: else 404 when it names a tenant the caller
+//! does not see, 403 otherwise. A device-scope binding is placed where the device lies (its
+//! organization and group), so an organization Admin can grant access to one of its devices.
+//! Deleting, disabling or unbinding the last enabled global Admin is refused with 409
+//! `last_admin`.
 //!
 //! User names are global: creating a name that exists elsewhere answers 409 `exists`.
 //!
@@ -1158,9 +1160,20 @@ async fn audit_page(
             .map_err(|_| bad_request("`after` must be the `next` of a previous page"))?
             .saturating_add(1),
     };
+    let kind = p.kind.filter(|k| !k.is_empty());
+    if kind.as_deref().is_some_and(|k| {
+        k.len() > 64
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    }) {
+        return Err(bad_request(
+            "`kind` is an entry kind such as `user.grant`: letters, digits, '.', '_', '-'",
+        ));
+    }
     let q = AuditQuery {
         tenant,
-        kind: p.kind.filter(|k| !k.is_empty()),
+        kind,
         actor: p.actor.filter(|a| !a.is_empty()),
         since: time_param("since", p.since.as_deref())?,
         until: time_param("until", p.until.as_deref())?,
@@ -1248,4 +1261,98 @@ pub fn routes() -> Router<AppState> {
             get(list_api_tokens).post(create_api_token),
         )
         .route("/v1/auth/tokens/{id}", delete(revoke_api_token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bindings_round_trip_and_bad_ones_say_what_is_missing() {
+        let scopes = [
+            serde_json::json!({"role": "admin", "scope": "global"}),
+            serde_json::json!({"role": "viewer", "scope": "tenant", "tenant": "acme"}),
+            serde_json::json!({"role": "manager", "scope": "organization", "tenant": "acme", "organization": "o1"}),
+            serde_json::json!({"role": "technician", "scope": "group", "tenant": "acme", "organization": "o1", "group": "g1"}),
+        ];
+        for v in scopes {
+            let view: BindingView =
+                serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}"));
+            let b = view.binding().unwrap_or_else(|_| panic!("{v}"));
+            // The API's form is the stored form.
+            assert_eq!(serde_json::to_value(&b).unwrap_or_default(), v);
+            assert_eq!(BindingView::from(&b), view);
+        }
+        for (v, says) in [
+            (
+                serde_json::json!({"role": "viewer", "scope": "tenant"}),
+                "tenant",
+            ),
+            (
+                serde_json::json!({"role": "viewer", "scope": "global", "tenant": "acme"}),
+                "no `tenant`",
+            ),
+            (
+                serde_json::json!({"role": "viewer", "scope": "organization", "tenant": "acme"}),
+                "organization",
+            ),
+            (
+                serde_json::json!({"role": "viewer", "scope": "organization", "tenant": "acme", "organization": "Not A Slug"}),
+                "organization",
+            ),
+            (
+                serde_json::json!({"role": "viewer", "scope": "device", "tenant": "acme", "device": "x y"}),
+                "device",
+            ),
+        ] {
+            let view: BindingView =
+                serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}"));
+            let e = format!("{:?}", view.binding().err());
+            assert!(e.contains("bad_binding") && e.contains(says), "{v}: {e}");
+        }
+        assert!(
+            serde_json::from_value::<BindingView>(
+                serde_json::json!({"role": "root", "scope": "global"})
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_openapi_document_has_every_route_and_schema() {
+        let mut doc = crate::api::ApiDoc::openapi();
+        doc.merge(AdminApiDoc::openapi());
+        let v = serde_json::to_value(&doc).unwrap_or_default();
+        for (path, methods) in [
+            ("/v1/tenants", &["get", "post"][..]),
+            ("/v1/tenants/{tenant}", &["get", "patch", "delete"]),
+            ("/v1/tenants/{tenant}/audit", &["get"]),
+            ("/v1/audit", &["get"]),
+            ("/v1/users", &["get", "post"]),
+            ("/v1/users/{name}", &["get", "delete"]),
+            ("/v1/users/{name}/bindings", &["post", "delete"]),
+            ("/v1/users/{name}/disable", &["post"]),
+            ("/v1/users/{name}/enable", &["post"]),
+            ("/v1/users/{name}/password", &["post"]),
+            ("/v1/auth/tokens", &["get", "post"]),
+            ("/v1/auth/tokens/{id}", &["delete"]),
+        ] {
+            for m in methods {
+                assert!(
+                    v["paths"][path][m].is_object(),
+                    "{m} {path} is not documented"
+                );
+            }
+        }
+        // Every schema referred to is defined.
+        let text = v.to_string();
+        assert!(text.matches("#/components/schemas/").count() > 40, "{text}");
+        for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = r.split('"').next().unwrap_or_default();
+            assert!(
+                v["components"]["schemas"][name].is_object(),
+                "{name} is referred to but not defined"
+            );
+        }
+    }
 }

@@ -15,6 +15,10 @@
 //! | [`Action::ReadAudit`]: audit queries | | | ✓ | ✓ |
 //! | [`Action::ManageUsers`]: users and role bindings in scope | | | | ✓ |
 //! | [`Action::ManageKeys`], [`Action::ManageTenants`]: command keys, tenants | | | | ✓ at [`Scope::Global`] only |
+//!
+//! The endpoints and what each needs are listed in [`crate::api`] and [`crate::api_admin`]
+//! (users: an Admin manages the users whose bindings lie within its Admin scopes, and grants
+//! only bindings within them; audit queries need [`Action::ReadAudit`] on the whole tenant).
 
 use serde::{Deserialize, Serialize};
 use wegweiser_shared::ids::{DeviceId, TenantId};
