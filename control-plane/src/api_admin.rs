@@ -121,6 +121,7 @@ fn tenant_error(e: AuthorityError) -> ApiError {
 #[serde(deny_unknown_fields)]
 pub struct NewTenantBody {
     /// Id: a lowercase slug.
+    #[schema(example = "newco")]
     pub id: String,
     /// Display name (default: the id).
     #[serde(default)]
@@ -139,6 +140,7 @@ pub struct NewTenantBody {
     pub jetstream_disk: Option<i64>,
     /// Keep its reports this many days, 1 to 3650 (default from the configuration).
     #[serde(default)]
+    #[schema(example = 90)]
     pub retention_days: Option<u64>,
 }
 
@@ -263,7 +265,7 @@ pub async fn update_tenant(
 }
 
 /// `DELETE /v1/tenants/{tenant}`: its account leaves the resolver, its devices disconnect, its
-/// keys and reports are destroyed.
+/// keys and reports are destroyed, and users lose their bindings in it.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}", params(("tenant" = String, Path)),
     responses((status = 204), (status = 403, body = ErrorView), (status = 404, body = ErrorView)))]
 pub async fn delete_tenant(
@@ -277,6 +279,7 @@ pub async fn delete_tenant(
     let mut a = AuditEntry::new("tenant.delete", &who.user, "ok");
     a.tenant = Some(tenant.to_string());
     s.auth.audit().record(a).await;
+    s.auth.drop_tenant_bindings(&tenant, &who.user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -528,13 +531,16 @@ pub struct UserQuery {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUserBody {
-    /// Name: letters, digits, `-`, `_`, `.`, at most 64.
+    /// Name: ASCII letters, digits, `-` and `_`, at most 64.
+    #[schema(example = "bob")]
     pub name: String,
     /// At least 12 characters; absent: one is generated and returned once.
     #[serde(default)]
+    #[schema(example = "correct horse battery staple")]
     pub password: Option<String>,
     /// Role bindings, each within the caller's Admin scopes.
     #[serde(default)]
+    #[schema(example = json!([{"role": "viewer", "scope": "tenant", "tenant": "demo"}]))]
     pub bindings: Vec<BindingView>,
 }
 

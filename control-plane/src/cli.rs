@@ -745,6 +745,7 @@ async fn tenant(data_dir: &Path, cmd: TenantCommand, json: bool) -> anyhow::Resu
                 );
             }
             auth.delete_tenant(&id).await?;
+            auth.drop_tenant_bindings(&id, "cli").await?;
             print(json, &serde_json::json!({"deleted": id}), || {
                 format!("Deleted tenant {id}.")
             });

@@ -739,6 +739,34 @@ impl Authority {
         Ok(())
     }
 
+    /// Removes every binding in `tenant` from every user, once the tenant is deleted (its id may
+    /// be taken again by a new tenant, which must not inherit them). Returns how many users
+    /// lost bindings.
+    pub async fn drop_tenant_bindings(
+        &self,
+        tenant: &wegweiser_shared::ids::TenantId,
+        actor: &str,
+    ) -> Result<usize, UserError> {
+        let mut users = Vec::new();
+        for u in self.users().await? {
+            if u.bindings.iter().any(|b| b.scope.tenant() == Some(tenant)) {
+                self.update_user(&u.name, |r| {
+                    r.bindings.retain(|b| b.scope.tenant() != Some(tenant));
+                    Ok(())
+                })
+                .await?;
+                users.push(u.name);
+            }
+        }
+        if !users.is_empty() {
+            let mut a = AuditEntry::new("user.bindings_dropped", actor, "ok");
+            a.tenant = Some(tenant.to_string());
+            a.detail = serde_json::json!({"users": users, "reason": "tenant deleted"});
+            self.audit().record(a).await;
+        }
+        Ok(users.len())
+    }
+
     /// Checks a user name and password. `None` for an unknown user, a disabled user or a wrong
     /// password, all taking the same time (one argon2id verification).
     pub async fn check_password(

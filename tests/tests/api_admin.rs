@@ -420,6 +420,42 @@ async fn tenants_users_bindings_and_tokens_over_the_api() {
         login_raw(&p, "alice", "another long password").await.status,
         401
     );
+    let carol = token_for(
+        &p,
+        "carol",
+        vec![
+            Binding {
+                role: Role::Manager,
+                scope: Scope::Tenant {
+                    tenant: "newco".parse().unwrap(),
+                },
+            },
+            Binding {
+                role: Role::Viewer,
+                scope: Scope::Tenant {
+                    tenant: acme.clone(),
+                },
+            },
+        ],
+    )
+    .await;
+    let r = call(&p, op, "DELETE", "/v1/tenants/newco", None).await;
+    assert_eq!(r.status, 204, "{r:?}");
+    // Its users lose their bindings there: a new tenant of the same id is not theirs.
+    let r = call(&p, op, "GET", "/v1/users/carol", None).await;
+    assert_eq!(r.body["bindings"].as_array().unwrap().len(), 1, "{r:?}");
+    assert_eq!(r.body["bindings"][0]["tenant"], "acme");
+    let r = call(
+        &p,
+        op,
+        "POST",
+        "/v1/tenants",
+        Some(serde_json::json!({"id": "newco"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = call(&p, As::Token(&carol), "GET", "/v1/tenants/newco", None).await;
+    assert_eq!(r.status, 404, "{r:?}");
     let r = call(&p, op, "DELETE", "/v1/tenants/newco", None).await;
     assert_eq!(r.status, 204, "{r:?}");
     assert_eq!(
@@ -453,7 +489,12 @@ async fn tenants_users_bindings_and_tokens_over_the_api() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    for k in ["tenant.create", "tenant.retention", "tenant.delete"] {
+    for k in [
+        "tenant.create",
+        "tenant.retention",
+        "tenant.delete",
+        "user.bindings_dropped",
+    ] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
     let acme_audit = call(
