@@ -15,7 +15,7 @@
 //! | `POST /v1/users/{name}/password` | `ManageUsers`, user modifiable | 200 user (a generated password once); sessions end, API tokens are revoked |
 //! | `DELETE /v1/users/{name}` | `ManageUsers`, user modifiable | 204 |
 //! | `GET/POST /v1/auth/tokens`, `DELETE /v1/auth/tokens/{id}` | the caller's own tokens (creating one needs a login session) | page, 201 token once, 204 |
-//! | `GET /v1/tenants/{tenant}/audit` | `ReadAudit` at the tenant scope | page of entries, oldest first |
+//! | `GET /v1/tenants/{tenant}/audit` | `ReadAudit` at the tenant scope | page of entries, newest first (`order=oldest`) |
 //! | `GET /v1/audit` | `ReadAudit` at the global scope | the platform's own entries (no tenant) |
 //!
 //! **Users.** The caller's *Admin scopes* are the scopes of its bindings at which [`guard`]
@@ -36,8 +36,9 @@
 //!
 //! **Audit.** Entries are kept per tenant, not per organization, so reading a tenant's entries
 //! needs `ReadAudit` on the tenant as a whole (Manager or Admin at the tenant or global scope);
-//! organization-, group- or device-scoped Managers and Admins get 403. Pages run oldest first;
-//! `after` is the position (`next`) of the previous page.
+//! organization-, group- or device-scoped Managers and Admins get 403. Pages run newest first
+//! (`order=oldest` for the other way); `after` is the `next` of the previous page (the stream
+//! position of its last entry). A walk may end with an empty page.
 
 use crate::{
     api::{DEFAULT_LIMIT, ErrorView, MAX_LIMIT, Page, guard},
@@ -1086,10 +1087,23 @@ pub struct AuditParams {
     pub since: Option<String>,
     /// Only entries at or before this time: unix seconds or RFC 3339.
     pub until: Option<String>,
+    /// `newest` first (the default) or `oldest` first.
+    pub order: Option<AuditOrder>,
     /// Page size (1–500, default 100).
     pub limit: Option<usize>,
     /// The `next` of the previous page.
     pub after: Option<String>,
+}
+
+/// The order of an audit page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditOrder {
+    /// Newest first.
+    #[default]
+    Newest,
+    /// Oldest first.
+    Oldest,
 }
 
 /// One audit entry.
@@ -1159,12 +1173,27 @@ async fn audit_page(
     tenant: Option<TenantId>,
     p: AuditParams,
 ) -> Result<Json<Page<AuditEntryView>>, ApiError> {
-    let start = match p.after.as_deref() {
-        None => 0,
-        Some(a) => a
-            .parse::<u64>()
-            .map_err(|_| bad_request("`after` must be the `next` of a previous page"))?
-            .saturating_add(1),
+    let newest_first = p.order.unwrap_or_default() == AuditOrder::Newest;
+    // `after` is the stream position of the last entry of the previous page.
+    let after = p
+        .after
+        .as_deref()
+        .map(|a| {
+            a.parse::<u64>()
+                .map_err(|_| bad_request("`after` must be the `next` of a previous page"))
+        })
+        .transpose()?;
+    let start = match (after, newest_first) {
+        (None, _) => 0,
+        (Some(a), false) => a.saturating_add(1),
+        // Nothing lies before the first entry.
+        (Some(0 | 1), true) => {
+            return Ok(Json(Page {
+                items: Vec::new(),
+                next: None,
+            }));
+        }
+        (Some(a), true) => a - 1,
     };
     let kind = p.kind.filter(|k| !k.is_empty());
     if kind.as_deref().is_some_and(|k| {
@@ -1185,15 +1214,23 @@ async fn audit_page(
         until: time_param("until", p.until.as_deref())?,
         start,
         limit: p.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+        newest_first,
     };
     let page = s.auth.audit_query(&q).await?;
+    let next = page.next.map(|n| {
+        if newest_first {
+            n.saturating_add(1)
+        } else {
+            n.saturating_sub(1)
+        }
+    });
     Ok(Json(Page {
         items: page.entries.into_iter().map(Into::into).collect(),
-        next: page.next.map(|n| n.saturating_sub(1).to_string()),
+        next: next.map(|n| n.to_string()),
     }))
 }
 
-/// `GET /v1/tenants/{tenant}/audit`: the tenant's audit entries, oldest first.
+/// `GET /v1/tenants/{tenant}/audit`: the tenant's audit entries, newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/audit",
     params(("tenant" = String, Path), AuditParams),
     responses((status = 200, body = Page<AuditEntryView>), (status = 400, body = ErrorView),
@@ -1221,7 +1258,7 @@ pub async fn tenant_audit(
 }
 
 /// `GET /v1/audit`: the platform's own audit entries (no tenant: logins, user changes, key
-/// rotations, …), oldest first. Global scope only.
+/// rotations, …), newest first. Global scope only.
 #[utoipa::path(get, path = "/v1/audit", params(AuditParams),
     responses((status = 200, body = Page<AuditEntryView>), (status = 400, body = ErrorView),
         (status = 403, body = ErrorView), (status = 404, body = ErrorView)))]
@@ -1242,7 +1279,7 @@ pub async fn platform_audit(
         create_api_token, revoke_api_token, tenant_audit, platform_audit),
     components(schemas(NewTenantBody, TenantPatch, TenantDetail, RoleName, ScopeKind, BindingView,
         UserView, Page<UserView>, NewUserBody, PasswordBody, ApiTokenView, Page<ApiTokenView>,
-        NewApiTokenBody, AuditEntryView, Page<AuditEntryView>, ErrorView))
+        NewApiTokenBody, AuditEntryView, Page<AuditEntryView>, AuditOrder, ErrorView))
 )]
 pub struct AdminApiDoc;
 

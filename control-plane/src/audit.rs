@@ -760,10 +760,13 @@ pub struct AuditQuery {
     pub since: Option<i64>,
     /// Only entries stamped at or before this time (Unix seconds).
     pub until: Option<i64>,
-    /// Stream sequence to start at (`next` of the previous page; 0 or 1 for the beginning).
+    /// Stream sequence to start at (`next` of the previous page; 0 for the beginning, or with
+    /// `newest_first` for the end).
     pub start: u64,
     /// Most entries to return (at least 1; at most [`AuditQuery::MAX_LIMIT`]).
     pub limit: usize,
+    /// Newest entries first: the page runs backwards from `start`.
+    pub newest_first: bool,
 }
 
 impl AuditQuery {
@@ -788,14 +791,29 @@ impl AuditQuery {
             until: None,
             start: 0,
             limit: 100,
+            newest_first: false,
         }
+    }
+
+    /// Whether `e` (stored under the tenant token `owner`) matches the filters.
+    fn matches(&self, owner: &str, e: &AuditEntry) -> bool {
+        let stored_under = e
+            .tenant
+            .as_deref()
+            .filter(|t| t.parse::<TenantId>().is_ok())
+            .unwrap_or(NO_TENANT);
+        stored_under == owner
+            && self.kind.as_ref().is_none_or(|k| *k == e.kind)
+            && self.actor.as_ref().is_none_or(|a| *a == e.actor)
+            && self.since.is_none_or(|t| e.ts >= t)
+            && self.until.is_none_or(|t| e.ts <= t)
     }
 }
 
 /// One page of an audit query.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditPage {
-    /// The entries, in stream order.
+    /// The entries, in stream order (newest first when asked so).
     pub entries: Vec<AuditEntry>,
     /// Where the next page starts (pass as [`AuditQuery::start`]); `None` when this was the last.
     pub next: Option<u64>,
@@ -817,6 +835,9 @@ async fn query_stream(
     );
     let mut s = js.get_stream(stream).await.map_err(store_err)?;
     let last = s.info().await.map_err(store_err)?.state.last_sequence;
+    if q.newest_first {
+        return query_backwards(js, &s, q, owner, filter, last).await;
+    }
     let mut page = AuditPage {
         entries: Vec::new(),
         next: None,
@@ -844,17 +865,7 @@ async fn query_stream(
             );
             continue;
         };
-        let stored_under = e
-            .tenant
-            .as_deref()
-            .filter(|t| t.parse::<TenantId>().is_ok())
-            .unwrap_or(NO_TENANT);
-        if stored_under != owner
-            || q.kind.as_ref().is_some_and(|k| *k != e.kind)
-            || q.actor.as_ref().is_some_and(|a| *a != e.actor)
-            || q.since.is_some_and(|t| e.ts < t)
-            || q.until.is_some_and(|t| e.ts > t)
-        {
+        if !q.matches(owner, &e) {
             continue;
         }
         page.entries.push(e);
@@ -864,6 +875,74 @@ async fn query_stream(
             }
             break;
         }
+    }
+    Ok(page)
+}
+
+/// A page newest first: reads windows of the stream backwards from `q.start` (0: the end),
+/// each twice as long as the one before, until the page is full or the stream's start is
+/// reached. Stops early once entries are older than `q.since`.
+async fn query_backwards(
+    js: &jetstream::Context,
+    s: &jetstream::stream::Stream,
+    q: &AuditQuery,
+    owner: &str,
+    filter: String,
+    last: u64,
+) -> Result<AuditPage, AuthorityError> {
+    let limit = q.limit.clamp(1, AuditQuery::MAX_LIMIT);
+    let mut page = AuditPage {
+        entries: Vec::new(),
+        next: None,
+    };
+    let mut end = match q.start {
+        0 => last,
+        n => n.min(last),
+    };
+    let mut window = (limit as u64 * 2).max(256);
+    while end >= 1 {
+        let start = end.saturating_sub(window - 1).max(1);
+        let mut messages = ordered(
+            js,
+            s,
+            filter.clone(),
+            DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+        )
+        .await?
+        .take_while_le(end);
+        let mut found = Vec::new();
+        let mut too_old = false;
+        while let Some((seq, payload)) = messages.next().await? {
+            let Ok(e) = serde_json::from_slice::<AuditEntry>(&payload) else {
+                tracing::warn!(
+                    stream_seq = seq,
+                    "Unreadable audit entry skipped by a query."
+                );
+                continue;
+            };
+            // Entries are appended in time order give or take the replicas' clock skew.
+            too_old |= q.since.is_some_and(|t| e.ts < t - 300);
+            if q.matches(owner, &e) {
+                found.push((seq, e));
+            }
+        }
+        for (seq, e) in found.into_iter().rev() {
+            page.entries.push(e);
+            if page.entries.len() == limit {
+                // More may lie before this entry, in this window or earlier ones.
+                if seq > 1 {
+                    page.next = Some(seq - 1);
+                }
+                return Ok(page);
+            }
+        }
+        if too_old || start == 1 {
+            break;
+        }
+        end = start - 1;
+        window = window.saturating_mul(2).min(1 << 20);
     }
     Ok(page)
 }

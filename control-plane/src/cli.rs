@@ -621,6 +621,7 @@ async fn audit(data_dir: &Path, cmd: AuditCommand, json: bool) -> anyhow::Result
                     until: None,
                     start,
                     limit,
+                    newest_first: false,
                 })
                 .await?;
             print(json, &page, || {

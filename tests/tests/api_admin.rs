@@ -511,7 +511,11 @@ async fn tenants_users_bindings_and_tokens_over_the_api() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, vec!["user.grant", "user.revoke_binding"]);
+    assert_eq!(
+        kinds,
+        vec!["user.revoke_binding", "user.grant"],
+        "newest first"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -562,7 +566,7 @@ async fn audit_queries_are_tenant_scoped_filtered_and_paginated() {
         r.body["items"].as_array().unwrap().clone()
     };
 
-    // Only the tenant's own entries, oldest first.
+    // Only the tenant's own entries, newest first.
     let r = call(
         &p,
         As::Token(&manager),
@@ -580,8 +584,22 @@ async fn audit_queries_are_tenant_scoped_filtered_and_paginated() {
         .collect();
     assert_eq!(tests.len(), 6, "{all:?}");
     let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[0] > w[1]), "{seqs:?}");
     assert!(r.body.get("next").is_none());
+    let r = call(
+        &p,
+        As::Token(&manager),
+        "GET",
+        &format!("{path}?limit=50&order=oldest"),
+        None,
+    )
+    .await;
+    let mut oldest: Vec<u64> = items(&r)
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    oldest.reverse();
+    assert_eq!(oldest, seqs);
 
     // Filters.
     let r = call(
@@ -645,28 +663,35 @@ async fn audit_queries_are_tenant_scoped_filtered_and_paginated() {
     .await;
     assert_eq!((r.status, r.code()), (400, "bad_request"));
 
-    // Pages of 2 through `next`: every entry once, in order.
-    let mut seen = Vec::new();
-    let mut after: Option<String> = None;
-    let mut pages = 0;
-    loop {
-        let q = match &after {
-            Some(a) => format!("{path}?kind=test.a&limit=2&after={a}"),
-            None => format!("{path}?kind=test.a&limit=2"),
-        };
-        let r = call(&p, As::Token(&manager), "GET", &q, None).await;
-        assert_eq!(r.status, 200, "{r:?}");
-        pages += 1;
-        seen.extend(items(&r).iter().map(|e| e["seq"].as_u64().unwrap()));
-        match r.body.get("next") {
-            Some(n) => after = Some(n.as_str().unwrap().to_owned()),
-            None => break,
+    // Pages of 3 through `next`, both ways: every entry once, in order.
+    for order in ["newest", "oldest"] {
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let mut q = format!("{path}?kind=test.a&limit=3&order={order}");
+            if let Some(a) = &after {
+                q.push_str(&format!("&after={a}"));
+            }
+            let r = call(&p, As::Token(&manager), "GET", &q, None).await;
+            assert_eq!(r.status, 200, "{r:?}");
+            pages += 1;
+            seen.extend(items(&r).iter().map(|e| e["seq"].as_u64().unwrap()));
+            match r.body.get("next") {
+                Some(n) => after = Some(n.as_str().unwrap().to_owned()),
+                None => break,
+            }
+            assert!(pages < 10);
         }
-        assert!(pages < 10);
+        assert_eq!(seen.len(), 4, "{order}: {seen:?}");
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        if order == "newest" {
+            sorted.reverse();
+        }
+        assert_eq!(seen, sorted, "{order}");
+        assert_eq!(pages, 2, "{order}");
     }
-    assert_eq!(seen.len(), 4, "{seen:?}");
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
-    assert_eq!(pages, 2);
 
     // Who may read: a tenant Manager and the operator; an organization Admin sees the tenant
     // but not its tenant-wide trail; the other tenant is not found.
@@ -697,6 +722,41 @@ async fn audit_queries_are_tenant_scoped_filtered_and_paginated() {
             .count(),
         2
     );
+
+    // Newest first reads backwards in growing windows: acme's entries lie far behind 600 of
+    // another tenant's, and are found all the same, one page after another.
+    let first = call(
+        &p,
+        As::Token(&manager),
+        "GET",
+        &format!("{path}?kind=test.a"),
+        None,
+    )
+    .await;
+    for i in 0..600 {
+        let mut e = AuditEntry::new("test.bulk", "bulk", "ok");
+        e.tenant = Some(other.to_string());
+        e.detail = serde_json::json!({"n": i});
+        p.auth.audit().record(e).await;
+    }
+    let r = call(
+        &p,
+        As::Token(&manager),
+        "GET",
+        &format!("{path}?kind=test.a"),
+        None,
+    )
+    .await;
+    assert_eq!(items(&r), items(&first));
+    let mut seen = Vec::new();
+    let mut q = format!("{path}?limit=2");
+    loop {
+        let r = call(&p, As::Token(&manager), "GET", &q, None).await;
+        seen.extend(items(&r).iter().map(|e| e["seq"].as_u64().unwrap()));
+        let Some(n) = r.body.get("next") else { break };
+        q = format!("{path}?limit=2&after={}", n.as_str().unwrap());
+    }
+    assert_eq!(seen, seqs, "page by page, newest first");
 
     // The platform's own entries: no tenant; the operator only.
     let r = call(
