@@ -4,8 +4,8 @@
 //! | endpoint | permission | answers |
 //! |---|---|---|
 //! | `POST /v1/tenants` | `ManageTenants` (global Admin) | 201 tenant; 404 outside the platform scope, 403 for other global roles, 409 taken |
-//! | `PATCH /v1/tenants/{tenant}` | `ManageTenants` | 200 tenant (retention; a shorter one purges older reports now) |
-//! | `DELETE /v1/tenants/{tenant}` | `ManageTenants` | 204; a tenant Admin gets 403 |
+//! | `PATCH /v1/tenants/{tenant}` | `ManageTenants` | 200 tenant (retention; a shorter one purges older reports now); 403 for others who see the tenant, else 404 |
+//! | `DELETE /v1/tenants/{tenant}` | `ManageTenants` | 204, users lose their bindings there; 403 for others who see the tenant, else 404 |
 //! | `GET /v1/users` | `ManageUsers` | the users the caller administers, paginated by name |
 //! | `POST /v1/users` | `ManageUsers`, every binding within the caller's Admin scopes | 201 user (a generated password once) |
 //! | `GET /v1/users/{name}` | `ManageUsers`, the user visible | 200 user |
@@ -33,6 +33,10 @@
 //! `last_admin`.
 //!
 //! User names are global: creating a name that exists elsewhere answers 409 `exists`.
+//!
+//! **API tokens.** `/v1/auth/tokens` acts on the caller's own credentials only, like the rest
+//! of `/v1/auth`: it needs authentication, not a role, and reaches no one else's tokens (another
+//! user's token id is 404).
 //!
 //! **Audit.** Entries are kept per tenant, not per organization, so reading a tenant's entries
 //! needs `ReadAudit` on the tenant as a whole (Manager or Admin at the tenant or global scope);

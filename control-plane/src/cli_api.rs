@@ -114,7 +114,12 @@ impl Answer {
         let message = self.body["message"]
             .as_str()
             .map_or_else(|| self.body.to_string(), str::to_owned);
-        bail!("the API answered {} {code}: {message}", self.status)
+        let hint = if self.status == 401 && code == "unauthenticated" {
+            " (run `wegweiser login` again, or check WEGWEISER_API_TOKEN)"
+        } else {
+            ""
+        };
+        bail!("the API answered {} {code}: {message}{hint}", self.status)
     }
 }
 
