@@ -829,7 +829,14 @@ pub async fn revoke(
             group: q.group,
             device: q.device,
         },
-        (None, None) if q.tenant.is_none() => json_body::<BindingView>(body)?,
+        (None, None)
+            if q.tenant.is_none()
+                && body
+                    .as_ref()
+                    .is_ok_and(|b| !b.iter().all(u8::is_ascii_whitespace)) =>
+        {
+            json_body::<BindingView>(body)?
+        }
         _ => {
             return Err(bad_binding(
                 "name the binding with role and scope (and its tenant, organization, group or device), in the query or the body".into(),

@@ -274,6 +274,15 @@ async fn tenants_users_bindings_and_tokens_over_the_api() {
             .status,
         404
     );
+    // Revoking without naming the binding.
+    let r = call(&p, op, "DELETE", "/v1/users/alice/bindings", None).await;
+    assert_eq!((r.status, r.code()), (400, "bad_binding"), "{r:?}");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("role and scope")
+    );
     // Revoking a binding the user does not hold.
     let r = call(
         &p,
