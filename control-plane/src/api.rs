@@ -124,10 +124,13 @@ impl DeviceIndex {
             Self::apply_device,
         )
         .await?;
+        // Opened (created on a fresh install) here too: the ingest that also creates it starts
+        // concurrently, and an index that found no bucket would never learn presence.
         let js = async_nats::jetstream::new(client.clone());
-        if let Ok(latest) = js.get_key_value(crate::ingest::LATEST_BUCKET).await {
-            Self::follow(&index, &client, &latest, "*.*.hb", Self::apply_seen).await?;
-        }
+        let cfg = auth.config();
+        let (_, latest) =
+            crate::ingest::open(&js, cfg.telemetry_retention_days, cfg.kv_replicas).await?;
+        Self::follow(&index, &client, &latest, "*.*.hb", Self::apply_seen).await?;
         Ok(index)
     }
 

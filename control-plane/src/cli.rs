@@ -186,6 +186,9 @@ pub struct UpArgs {
     /// The demo tenant to create if missing.
     #[arg(long, default_value = "demo")]
     pub tenant: TenantId,
+    /// Do not enroll and run this machine's agent (print the enrollment command instead).
+    #[arg(long)]
+    pub no_agent: bool,
 }
 
 /// Token subcommands.
@@ -1259,6 +1262,21 @@ pub async fn stop_service(t: ServiceTasks) {
     }
 }
 
+/// Creates the platform operator on the first start of the demo and returns its generated
+/// password to show once (the password file is removed: the banner is where it is shown).
+async fn demo_admin_password(auth: &Authority, data_dir: &Path) -> anyhow::Result<Option<String>> {
+    let Some(boot) = auth.bootstrap_admin(data_dir).await? else {
+        return Ok(None);
+    };
+    let Some(file) = boot.password_file else {
+        // It came from WEGWEISER_ADMIN_PASSWORD: the caller knows it.
+        return Ok(None);
+    };
+    let password = std::fs::read_to_string(&file)?.trim().to_owned();
+    std::fs::remove_file(&file)?;
+    Ok(Some(password))
+}
+
 async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
     let binary = nats_server::locate()?;
     let version = nats_server::version(&binary)?;
@@ -1299,7 +1317,7 @@ async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
     .await?;
     let auth = Authority::open(data_dir).await?;
     reconcile(&auth).await?;
-    crate::cli_users::bootstrap(&auth, data_dir).await?;
+    let admin_password = demo_admin_password(&auth, data_dir).await?;
     let tenant = match auth.tenant(&a.tenant).await {
         Ok(t) => t,
         Err(AuthorityError::UnknownTenant(_)) => {
@@ -1314,44 +1332,98 @@ async fn up(data_dir: &Path, a: UpArgs, json: bool) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     let tasks = start_service(&auth, &crate::trust::root_dir(data_dir)).await?;
-    let (token, _) = auth
-        .create_token(crate::enrollment::NewToken {
-            tenant: tenant.id.clone(),
-            organization: None,
-            group: None,
-            ttl_secs: Some(3600),
-            max_uses: Some(1),
-            label: "wegweiser up".into(),
-        })
-        .await?;
-    let enroll =
-        enroll_command(&auth, token.expose(), "target/release/wegweiser-agent").unwrap_or_default();
+    if let Some(h) = &cfg.http {
+        crate::demo::wait_listening(h.listen).await?;
+    }
+    let https = cfg.http.as_ref().map(|h| h.public_url.clone());
+    let dashboard = https.as_ref().map(|u| format!("{u}/app/"));
+    let agent_binary = crate::demo::agent_binary();
+    let agent = match (&agent_binary, a.no_agent) {
+        (Some(bin), false) => Some(crate::demo::start(&auth, bin, data_dir, &tenant.id).await?),
+        _ => None,
+    };
     let dd = data_dir.display();
+    let manual = if agent.is_none() {
+        let (token, _) = auth
+            .create_token(crate::enrollment::NewToken {
+                tenant: tenant.id.clone(),
+                organization: None,
+                group: None,
+                ttl_secs: Some(3600),
+                max_uses: Some(1),
+                label: "wegweiser up".into(),
+            })
+            .await?;
+        let bin = agent_binary
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "target/release/wegweiser-agent".into());
+        enroll_command(&auth, token.expose(), &bin)
+            .map(|c| format!("{c} --state-dir {dd}/agent\n  {bin} run --state-dir {dd}/agent"))
+    } else {
+        None
+    };
+    let login = match &admin_password {
+        Some(p) => format!(
+            "user admin, password {p}\n  (shown only now; change it after logging in, or set a new one with `wegweiser --data-dir {dd} user set-password admin`)"
+        ),
+        None => format!(
+            "user admin, with the password shown when it was created (forgotten: `wegweiser --data-dir {dd} user set-password admin`)"
+        ),
+    };
+    let agent_line = match &agent {
+        Some(ag) => format!(
+            "this machine's agent is {} and running (state: {}, log: {})",
+            if ag.enrolled_now {
+                "enrolled"
+            } else {
+                "already enrolled"
+            },
+            ag.state_dir.display(),
+            ag.log.display()
+        ),
+        None => match &manual {
+            Some(m) => format!(
+                "enroll an agent on this machine (one-time token, valid 1 h), in another terminal:\n  {m}"
+            ),
+            None => "no agent binary next to wegweiser and no HTTPS listener: no agent".into(),
+        },
+    };
     print(
         json,
-        &serde_json::json!({"nats_url": cfg.nats_url, "nats_server_version": version, "tenant": tenant.id, "account": tenant.account, "https": cfg.http.as_ref().map(|h| h.public_url.clone()), "enroll_command": enroll}),
+        &serde_json::json!({
+            "nats_url": cfg.nats_url,
+            "nats_server_version": version,
+            "tenant": tenant.id,
+            "account": tenant.account,
+            "https": https,
+            "dashboard": dashboard,
+            "admin_user": crate::users::ADMIN_USER,
+            "admin_password": admin_password,
+            "agent_state_dir": agent.as_ref().map(|a| a.state_dir.display().to_string()),
+            "enroll_command": manual,
+        }),
         || {
             format!(
-                "Wegweiser is up.\n  nats-server {version} at {} (log: {})\n  control plane: {}\n  demo tenant: {} (account {})\n\n\
-                 Enroll an agent on this machine (one-time token, valid 1 h), in another terminal:\n  \
-                 {enroll} --state-dir {dd}/agent\n  \
-                 target/release/wegweiser-agent run --state-dir {dd}/agent\n\n\
-                 Then: target/release/wegweiser --data-dir {dd} device list --tenant {}\n\n\
+                "Wegweiser is up.\n  nats-server {version} at {} (log: {})\n  control plane: {}\n  demo tenant: {} (account {})\n  {agent_line}\n\n\
+                 Dashboard: {}\n  {login}\n\n\
+                 Devices from the command line: target/release/wegweiser --data-dir {dd} device list --tenant {}\n\n\
                  Press Ctrl-C to stop.",
                 cfg.nats_url,
                 nats_dir.join("nats-server.log").display(),
-                cfg.http
-                    .as_ref()
-                    .map(|h| h.public_url.as_str())
-                    .unwrap_or("(no HTTPS configured)"),
+                https.as_deref().unwrap_or("(no HTTPS configured)"),
                 tenant.id,
                 tenant.account,
+                dashboard.as_deref().unwrap_or("(no HTTPS configured)"),
                 tenant.id,
             )
         },
     );
     shutdown_signal().await;
     tracing::info!("Stopping.");
+    if let Some(agent) = agent {
+        agent.stop().await;
+    }
     stop_service(tasks).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), auth.close()).await;
     server.stop().await;

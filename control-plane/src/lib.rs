@@ -20,6 +20,7 @@ pub mod cli_commands;
 pub mod cli_users;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod enrollment;
 pub mod http;
 pub mod identity;

@@ -14,12 +14,21 @@ use wegweiser_shared::ids::{DeviceId, TenantId};
 
 /// The agent binary cargo built next to this test (`target/<profile>/wegweiser-agent`).
 pub fn agent_binary() -> PathBuf {
+    built_binary("wegweiser-agent", "wegweiser-agent")
+}
+
+/// The control-plane binary cargo built next to this test (`target/<profile>/wegweiser`).
+pub fn cp_binary() -> PathBuf {
+    built_binary("wegweiser", "wegweiser-control-plane")
+}
+
+fn built_binary(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join(format!("wegweiser-agent{}", std::env::consts::EXE_SUFFIX));
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build -p wegweiser-agent` (scripts/test does)",
+        "{} is missing: run `cargo build -p {package}` (scripts/test does)",
         bin.display()
     );
     bin

@@ -308,23 +308,7 @@ impl Platform {
 
     /// An HTTPS client trusting only the platform's CA, returning error statuses as responses.
     pub fn https(&self) -> ureq::Agent {
-        let pem = std::fs::read(&self.ca).unwrap_or_default();
-        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-            .filter_map(|i| match i {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
-        ureq::Agent::config_builder()
-            .tls_config(
-                ureq::tls::TlsConfig::builder()
-                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-                    .build(),
-            )
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into()
+        https_client(&self.ca)
     }
 
     /// Sends `method path` to the control plane's HTTPS server with these headers and body.
@@ -637,4 +621,26 @@ pub fn enroll_body(
             serde_json::json!({"public_key": c.public_key(), "proof": sign_proof(c, &message)});
     }
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// An HTTPS client trusting only the CA certificate(s) in `ca` (PEM), returning error statuses
+/// as responses.
+pub fn https_client(ca: &Path) -> ureq::Agent {
+    let pem = std::fs::read(ca).unwrap_or_default();
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    ureq::Agent::config_builder()
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                .build(),
+        )
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
 }
