@@ -437,6 +437,31 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
     }
     let r = call(&p, &op, "GET", "/v1/audit?kind=user.create", None).await;
     assert_eq!(r.status, 200, "{r:?}");
+    // A device binding lies where the device does: an organization Admin grants one for a
+    // device of its organization, not for the other tenant's device.
+    let org_admin = token_for(
+        &p,
+        "org-admin-devices",
+        vec![Binding {
+            role: Role::Admin,
+            scope: scopes[1].1.clone(),
+        }],
+    )
+    .await;
+    for (device, tenant, want) in [(&dev.id, &acme, 200), (&foreign.id, &other, 404)] {
+        let body = format!(
+            r#"{{"role":"technician","scope":"device","tenant":"{tenant}","device":"{device}"}}"#
+        );
+        let r = call(
+            &p,
+            &org_admin,
+            "POST",
+            "/v1/users/in-group/bindings",
+            Some(&body),
+        )
+        .await;
+        assert_eq!(r.status, want, "{body}: {r:?}");
+    }
     // A second device in the same group: a technician scoped to the first device must not reach
     // it by commanding the whole group, even though it cannot see it.
     let second = enroll_in(&p, &acme, "o1", "g1", "m3").await;
