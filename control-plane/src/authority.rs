@@ -162,6 +162,9 @@ pub enum AuthorityError {
     /// A command could not be sent.
     #[error("{0}")]
     Command(String),
+    /// An organization or group operation was refused.
+    #[error(transparent)]
+    Hierarchy(#[from] crate::hierarchy::HierarchyError),
 }
 
 /// A requested lifetime, defaulting to and capped by the configured one.
@@ -328,6 +331,7 @@ pub(crate) struct Inner {
     pub(crate) machines: kv::Store,
     pub(crate) blocks: kv::Store,
     pub(crate) trust: kv::Store,
+    pub(crate) hierarchy: kv::Store,
     pub(crate) trust_cache: std::sync::Mutex<crate::trust::TrustCache>,
     pub(crate) audit: crate::audit::Audit,
     pub(crate) signers:
@@ -538,6 +542,15 @@ impl Authority {
             None,
         )
         .await?;
+        let hierarchy = bucket(
+            &js,
+            crate::hierarchy::HIERARCHY_BUCKET,
+            "Organizations and groups of each tenant",
+            4,
+            replicas,
+            None,
+        )
+        .await?;
         crate::commands::open_log(&js, replicas).await?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let audit = crate::audit::Audit::open(&js, replicas, metrics.clone()).await?;
@@ -556,6 +569,7 @@ impl Authority {
                 machines,
                 blocks,
                 trust,
+                hierarchy,
                 trust_cache: Default::default(),
                 audit,
                 signers: Default::default(),

@@ -64,6 +64,12 @@ pub enum Command {
     /// Devices.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Organizations (an MSP's clients) of a tenant.
+    #[command(subcommand)]
+    Org(crate::cli_hierarchy::OrgCommand),
+    /// Groups of an organization.
+    #[command(subcommand)]
+    Group(crate::cli_hierarchy::GroupCommand),
     /// Live tail of a tenant's reports, through subscribe-only technician credentials.
     Watch {
         /// Tenant.
@@ -257,6 +263,31 @@ pub enum DeviceCommand {
         tenant: TenantId,
         /// Device id.
         device: DeviceId,
+    },
+    /// Delete a device: credentials revoked, reports purged, record removed.
+    Delete {
+        /// Tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// Device id.
+        device: DeviceId,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Move a device to an existing organization (and group).
+    Move {
+        /// Tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// Device id.
+        device: DeviceId,
+        /// Organization.
+        #[arg(long)]
+        organization: String,
+        /// Group of that organization.
+        #[arg(long)]
+        group: Option<String>,
     },
 }
 
@@ -528,6 +559,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant(t) => tenant(&data_dir, t, json).await,
         Command::Token(t) => token(&data_dir, t, json).await,
         Command::Device(d) => device(&data_dir, d, json).await,
+        Command::Org(c) => crate::cli_hierarchy::org(&data_dir, c, json).await,
+        Command::Group(c) => crate::cli_hierarchy::group(&data_dir, c, json).await,
         Command::Keys(k) => crate::cli_commands::keys(&data_dir, k, json).await,
         Command::Cmd(c) => crate::cli_commands::cmd(&data_dir, c, json).await,
         Command::Watch { tenant, device } => watch(&data_dir, tenant, device, json).await,
@@ -963,6 +996,46 @@ async fn device(data_dir: &Path, cmd: DeviceCommand, json: bool) -> anyhow::Resu
                 )
             });
         }
+        DeviceCommand::Delete {
+            tenant,
+            device,
+            yes,
+        } => {
+            if !yes {
+                anyhow::bail!(
+                    "this revokes {device}'s credentials and deletes its record and every stored report; pass --yes to confirm"
+                );
+            }
+            let reports = auth.delete_device(&tenant, &device, "cli").await?;
+            print(
+                json,
+                &serde_json::json!({"device": device, "reports": reports}),
+                || {
+                    format!(
+                        "Deleted device {device}: credentials revoked, {reports} report(s) purged."
+                    )
+                },
+            );
+        }
+        DeviceCommand::Move {
+            tenant,
+            device,
+            organization,
+            group,
+        } => {
+            let d = auth
+                .move_device(&tenant, &device, &organization, group.as_deref(), "cli")
+                .await?;
+            print(json, &d, || {
+                format!(
+                    "Moved device {device} to organization {organization}{}.",
+                    group
+                        .as_deref()
+                        .map(|g| format!(", group {g}"))
+                        .unwrap_or_default()
+                )
+            });
+        }
     }
     Ok(())
 }
@@ -1155,6 +1228,8 @@ pub async fn start_service(auth: &Authority, root_dir: &Path) -> anyhow::Result<
     if auth.trust_bootstrap(root_dir).await? {
         tracing::info!("Created the first command keyset.");
     }
+    // Devices and tokens labelled before organizations and groups were objects.
+    auth.migrate_hierarchy().await?;
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     let a = auth.clone();

@@ -9,16 +9,19 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_hierarchy;
 pub mod audit;
 pub mod authority;
 pub mod blocker;
 pub mod certs;
 pub mod cli;
 pub mod cli_commands;
+pub mod cli_hierarchy;
 pub mod cli_users;
 pub mod commands;
 pub mod config;
 pub mod enrollment;
+pub mod hierarchy;
 pub mod http;
 pub mod identity;
 pub mod ingest;

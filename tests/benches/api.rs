@@ -50,6 +50,9 @@ async fn run(quick: bool) {
     let groups = 10;
     let mut tokens = Vec::new();
     for g in 0..groups {
+        p.place(&t.id, "client-a", Some(&format!("g{g}")))
+            .await
+            .unwrap();
         let (token, _) = p
             .auth
             .create_token(NewToken {
