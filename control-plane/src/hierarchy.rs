@@ -838,8 +838,8 @@ impl Authority {
         Ok(n)
     }
 
-    /// Creates the organization and group objects for every label that devices and enrollment
-    /// tokens already carry (records written before the hierarchy existed), so existing
+    /// Creates the organization and group objects for every label that devices and usable
+    /// enrollment tokens already carry (records written before the hierarchy existed), so existing
     /// installs keep working. A group label found in several organizations is created in the
     /// first (by id) and the others are logged. Returns how many objects it created.
     pub async fn migrate_hierarchy(&self) -> Result<usize, AuthorityError> {
@@ -852,7 +852,16 @@ impl Authority {
             // organization → groups, as labelled.
             let mut labels: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
             let devices = self.devices(tenant).await?;
-            let tokens = self.tokens(tenant).await?;
+            // Spent tokens enroll nothing more: only usable ones count.
+            let now = time::now();
+            let tokens: Vec<_> = self
+                .tokens(tenant)
+                .await?
+                .into_iter()
+                .filter(|(_, r)| {
+                    r.revoked_at.is_none() && r.expires_at > now && r.uses < r.max_uses
+                })
+                .collect();
             let places = devices
                 .iter()
                 .map(|d| (&d.organization, &d.group))
