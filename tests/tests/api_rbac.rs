@@ -84,6 +84,17 @@ async fn enroll_in(
         .unwrap()
 }
 
+/// Waits until the operator's `GET path` answers `status` (the device index follows the store).
+async fn wait_for(p: &Platform, op: &str, path: &str, status: u16) {
+    for _ in 0..200 {
+        if call(p, op, "GET", path, None).await.status == status {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("GET {path} never answered {status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_at_every_scope_gets_exactly_what_it_may() {
     let p = Platform::start_with(PlatformOptions {
@@ -446,6 +457,28 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
                 }
                 checked += 1;
             }
+            // Deleting a device: forbidden below Manager (asked about the shared device, which
+            // every scope covers); allowed to a Manager whose scope covers it (asked about a
+            // device enrolled for this, in the shared device's group), which a device scope
+            // does not.
+            if at_least(Role::Manager) {
+                let victim = enroll_in(&p, &acme, "o1", "g1", &format!("victim-{who}")).await;
+                let path = format!("/v1/tenants/{acme}/devices/{}", victim.id);
+                wait_for(&p, &op, &path, 200).await;
+                let r = call(&p, &tok, "DELETE", &path, None).await;
+                let want = if device_scope { 404 } else { 204 };
+                assert_eq!(r.status, want, "{who}: DELETE {path}: {r:?}");
+                if device_scope {
+                    // Deleted by someone who may, so the lists below stay exact.
+                    assert_eq!(call(&p, &op, "DELETE", &path, None).await.status, 204);
+                }
+                wait_for(&p, &op, &path, 404).await;
+            } else {
+                let path = format!("/v1/tenants/{acme}/devices/{}", dev.id);
+                let r = call(&p, &tok, "DELETE", &path, None).await;
+                assert_eq!(r.status, 403, "{who}: DELETE {path}: {r:?}");
+            }
+            checked += 1;
             // Lists show what holds the scope: every organization and group to a tenant-scoped
             // user, the organization and group of the device to those scoped below.
             let ids = |r: &wegweiser_tests::HttpResponse| -> Vec<String> {
@@ -502,7 +535,7 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
             assert_eq!(ids, vec![dev.id.as_str()], "{who}");
         }
     }
-    assert_eq!(checked, 4 * 4 * (14 + 24));
+    assert_eq!(checked, 4 * 4 * (14 + 24 + 1));
     // A second device in the same group: a technician scoped to the first device must not reach
     // it by commanding the whole group, even though it cannot see it.
     let second = enroll_in(&p, &acme, "o1", "g1", "m3").await;
