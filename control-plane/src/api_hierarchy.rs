@@ -60,6 +60,26 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     })
 }
 
+/// Runs a deletion in a task of its own: a client hanging up, or the request timeout, must not
+/// cut it short between its steps.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, crate::authority::AuthorityError>>
+    + Send
+    + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(work).await {
+        Ok(r) => Ok(r?),
+        Err(e) => {
+            tracing::error!(error = %e, "A deletion task failed.");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; see the control plane's log",
+            ))
+        }
+    }
+}
+
 fn place(tenant: &TenantId, org: &str, group: Option<&str>) -> Target {
     Target::Place(Place {
         tenant: tenant.clone(),
@@ -340,9 +360,12 @@ pub async fn delete_org(
 ) -> Result<StatusCode, ApiError> {
     let (tenant, _) = org_in_scope(&s, &who, &tenant, &org, Action::Manage).await?;
     let q = query(q)?;
-    s.auth
-        .delete_organization(&tenant, &org, q.cascade.unwrap_or(false), &who.user)
-        .await?;
+    let auth = s.auth.clone();
+    detached(async move {
+        auth.delete_organization(&tenant, &org, q.cascade.unwrap_or(false), &who.user)
+            .await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -474,9 +497,12 @@ pub async fn delete_group(
 ) -> Result<StatusCode, ApiError> {
     let (tenant, _) = group_in_scope(&s, &who, &tenant, &group, Action::Manage).await?;
     let q = query(q)?;
-    s.auth
-        .delete_group(&tenant, &group, q.cascade.unwrap_or(false), &who.user)
-        .await?;
+    let auth = s.auth.clone();
+    detached(async move {
+        auth.delete_group(&tenant, &group, q.cascade.unwrap_or(false), &who.user)
+            .await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -491,7 +517,8 @@ pub async fn delete_device(
     Path((tenant, device)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let d = device_in_scope(&s, &who, Action::Manage, &tenant, &device)?;
-    s.auth.delete_device(&d.tenant, &d.id, &who.user).await?;
+    let auth = s.auth.clone();
+    detached(async move { auth.delete_device(&d.tenant, &d.id, &who.user).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

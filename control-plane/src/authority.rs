@@ -1108,12 +1108,23 @@ impl Authority {
     /// Revokes a user: every JWT of `user` issued up to now stops working; the server drops its
     /// live connections when the account update lands. Returns the revocation time.
     pub async fn revoke(&self, tenant: &TenantId, user: &UserKey) -> Result<i64, AuthorityError> {
+        self.revoke_all(tenant, std::slice::from_ref(user)).await
+    }
+
+    /// Revokes several users of a tenant in one account update (see [`Authority::revoke`]).
+    pub async fn revoke_all(
+        &self,
+        tenant: &TenantId,
+        users: &[UserKey],
+    ) -> Result<i64, AuthorityError> {
         // Revoke a little into the future: a JWT for this key signed concurrently by another
         // replica (or one whose clock runs ahead) must not escape with a later `iat`.
         let now = time::now() + REVOCATION_SKEW_SECS;
         self.update_tenant(tenant, |r| {
-            r.revocations.insert(user.to_string(), now);
-            r.banned_users.insert(user.to_string());
+            for user in users {
+                r.revocations.insert(user.to_string(), now);
+                r.banned_users.insert(user.to_string());
+            }
             // No user JWT lives longer than MAX_USER_JWT_TTL_SECS: older entries guard nothing,
             // so drop them to keep the account JWT small. The ban list is never pruned.
             r.revocations
@@ -1121,7 +1132,9 @@ impl Authority {
             Ok(())
         })
         .await?;
-        tracing::info!(tenant = %tenant, user = %user, "User revoked.");
+        for user in users {
+            tracing::info!(tenant = %tenant, user = %user, "User revoked.");
+        }
         Ok(now)
     }
 

@@ -16,8 +16,10 @@
 //!   it. It is refused while a user or API token holds a role binding on the group: that binding
 //!   names the old organization and would silently change meaning.
 //! - Deleting a device revokes its current and previous key (its connections drop at once),
-//!   purges its reports from `WG_TELEMETRY` and `wg_latest`, and removes its record and machine
-//!   index entry: it can neither renew (unknown device) nor come back with its old key (banned).
+//!   purges its reports from `WG_TELEMETRY` (`wg.<account>.up.<device>.>`) and `wg_latest`
+//!   (`<tenant>.<device>.*`), and removes its record and machine index entry: it can neither
+//!   renew (unknown device) nor come back with its old key (banned). A cascade revokes the keys
+//!   of all its devices in one account update.
 //! - [`Authority::migrate_hierarchy`] runs when the service starts and creates the objects for
 //!   every organization and group label that devices and tokens already carry.
 
@@ -27,12 +29,12 @@ use crate::{
     enrollment::DeviceRecord,
     rbac::{Binding, Scope},
 };
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, kv};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use wegweiser_shared::{
-    ids::{DeviceId, TenantId},
-    time,
+    ids::{DeviceId, TenantId, UserKey},
+    subject, time,
 };
 
 /// The KV bucket of organization and group records.
@@ -437,11 +439,11 @@ impl Authority {
             ))
             .into());
         }
-        let mut done = Deleted::default();
-        for d in &devices {
-            done.reports += self.delete_device(tenant, &d.id, actor).await?;
-            done.devices += 1;
-        }
+        let mut done = Deleted {
+            reports: self.delete_devices(tenant, &devices, actor).await?,
+            devices: devices.len(),
+            ..Deleted::default()
+        };
         for g in &groups {
             done.tokens += self.revoke_tokens_naming(tenant, None, Some(&g.id)).await?;
             self.inner
@@ -665,11 +667,11 @@ impl Authority {
             ))
             .into());
         }
-        let mut done = Deleted::default();
-        for d in &devices {
-            done.reports += self.delete_device(tenant, &d.id, actor).await?;
-            done.devices += 1;
-        }
+        let mut done = Deleted {
+            reports: self.delete_devices(tenant, &devices, actor).await?,
+            devices: devices.len(),
+            ..Deleted::default()
+        };
         done.tokens = self.revoke_tokens_naming(tenant, None, Some(id)).await?;
         self.inner
             .hierarchy
@@ -762,40 +764,86 @@ impl Authority {
                 HierarchyError::NotFound(format!("no device {device} in tenant {tenant}")).into(),
             );
         };
-        // Revoked first, so nothing it sends lands after the purge.
-        self.revoke_device(tenant, device).await?;
-        let purged = self.purge_reports(tenant, Some(device), actor).await?;
-        let mkey = crate::enrollment::machine_key(tenant, &record.facts.machine_id);
-        // Only when it still points at this device (a later enrollment may own it).
-        let indexed_here = self
-            .inner
-            .machines
-            .entry(&mkey)
-            .await
-            .map_err(store_err)?
-            .is_some_and(|e| {
-                e.operation == kv::Operation::Put && e.value == device.as_str().as_bytes()
-            });
-        if indexed_here {
-            self.inner.machines.purge(&mkey).await.map_err(store_err)?;
+        self.delete_devices(tenant, &[record], actor).await
+    }
+
+    /// Deletes devices as [`Authority::delete_device`] does, with every key of every one of them
+    /// revoked in a single account update first (so nothing they send lands after the purge).
+    /// Returns the reports purged.
+    async fn delete_devices(
+        &self,
+        tenant: &TenantId,
+        devices: &[DeviceRecord],
+        actor: &str,
+    ) -> Result<u64, AuthorityError> {
+        if devices.is_empty() {
+            return Ok(0);
         }
-        self.inner
-            .devices
-            .purge(format!("{tenant}.{device}"))
-            .await
-            .map_err(store_err)?;
-        let mut a = audit(
-            "device.delete",
-            actor,
-            tenant,
-            serde_json::json!({
-                "organization": record.organization, "group": record.group,
-                "hostname": record.facts.hostname, "reports": purged.reports, "latest": purged.latest,
-            }),
-        );
-        a.device = Some(device.to_string());
-        self.audit().record(a).await;
-        Ok(purged.reports)
+        let keys: Vec<UserKey> = devices
+            .iter()
+            .flat_map(|d| std::iter::once(d.public_key.clone()).chain(d.previous_key.clone()))
+            .collect();
+        self.revoke_all(tenant, &keys).await?;
+        let account = self.tenant(tenant).await?.account;
+        let js = jetstream::new(self.cp_client().clone());
+        let (stream, latest) = crate::ingest::open(
+            &js,
+            self.config().telemetry_retention_days,
+            self.config().kv_replicas,
+        )
+        .await?;
+        let mut total = 0;
+        for d in devices {
+            let reports = stream
+                .purge()
+                .filter(subject::up_all(&account, &d.id))
+                .await
+                .map_err(store_err)?
+                .purged;
+            // Its latest reports, straight from the bucket's stream: one request, no consumer
+            // and no purge markers left behind.
+            let stale = latest
+                .stream
+                .purge()
+                .filter(format!("{}{tenant}.{}.>", latest.prefix, d.id))
+                .await
+                .map_err(store_err)?
+                .purged;
+            // The machine index entry, only when it still points at this device (a later
+            // enrollment may own it).
+            let mkey = crate::enrollment::machine_key(tenant, &d.facts.machine_id);
+            let indexed_here = self
+                .inner
+                .machines
+                .entry(&mkey)
+                .await
+                .map_err(store_err)?
+                .is_some_and(|e| {
+                    e.operation == kv::Operation::Put && e.value == d.id.as_str().as_bytes()
+                });
+            if indexed_here {
+                self.inner.machines.purge(&mkey).await.map_err(store_err)?;
+            }
+            self.inner
+                .devices
+                .purge(format!("{tenant}.{}", d.id))
+                .await
+                .map_err(store_err)?;
+            let mut a = audit(
+                "device.delete",
+                actor,
+                tenant,
+                serde_json::json!({
+                    "organization": d.organization, "group": d.group, "hostname": d.facts.hostname,
+                    "revoked": std::iter::once(&d.public_key).chain(&d.previous_key).collect::<Vec<_>>(),
+                    "reports": reports, "latest": stale,
+                }),
+            );
+            a.device = Some(d.id.to_string());
+            self.audit().record(a).await;
+            total += reports;
+        }
+        Ok(total)
     }
 
     /// Revokes the unrevoked tokens of `tenant` that name organization `org` or group `group`.
