@@ -462,6 +462,10 @@ pub fn main() -> ExitCode {
 fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<AuthorityError>() {
         Some(AuthorityError::Config(_)) => EXIT_USAGE,
+        Some(AuthorityError::Hierarchy(
+            crate::hierarchy::HierarchyError::Invalid(_)
+            | crate::hierarchy::HierarchyError::UnknownPlace(_),
+        )) => EXIT_USAGE,
         Some(AuthorityError::Unreachable { .. }) => EXIT_UNAVAILABLE,
         _ if e.downcast_ref::<crate::audit::ChainFault>().is_some() => EXIT_DATAERR,
         _ if e.downcast_ref::<crate::config::ConfigError>().is_some() => EXIT_USAGE,

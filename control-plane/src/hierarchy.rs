@@ -11,7 +11,9 @@
 //!
 //! - Deleting an organization or group that still holds groups or devices is refused unless
 //!   `cascade`, which deletes its devices, then its groups. Enrollment tokens that name a deleted
-//!   organization or group are revoked with it.
+//!   organization or group are revoked with it. A deletion is refused while a role binding
+//!   names the object (or, for an organization, one of its groups): the binding would reach a
+//!   new object of the same id.
 //! - Moving a group to another organization moves its devices and its enrollment tokens with
 //!   it. It is refused while a user or API token holds a role binding on the group: that binding
 //!   names the old organization and would silently change meaning.
@@ -188,9 +190,32 @@ fn audit(kind: &str, actor: &str, tenant: &TenantId, detail: serde_json::Value) 
     a
 }
 
-/// Whether `b` is a binding on group `group` of `tenant`.
-fn binds_group(b: &Binding, tenant: &TenantId, group: &str) -> bool {
-    matches!(&b.scope, Scope::Group { tenant: t, group: g, .. } if t == tenant && g == group)
+/// Whether `b` is a binding on group `group` of `tenant` (with `group` `None`: on organization
+/// `org` or on one of its groups).
+fn binds(b: &Binding, tenant: &TenantId, org: &str, group: Option<&str>) -> bool {
+    match (&b.scope, group) {
+        (
+            Scope::Group {
+                tenant: t,
+                group: g,
+                ..
+            },
+            Some(want),
+        ) => t == tenant && g == want,
+        (
+            Scope::Organization {
+                tenant: t,
+                organization: o,
+            }
+            | Scope::Group {
+                tenant: t,
+                organization: o,
+                ..
+            },
+            None,
+        ) => t == tenant && o == org,
+        _ => false,
+    }
 }
 
 impl Authority {
@@ -439,6 +464,15 @@ impl Authority {
             ))
             .into());
         }
+        // A binding would outlive the organization and reach a new one of the same id.
+        let bound = self.bindings_on(tenant, id, None).await?;
+        if !bound.is_empty() {
+            return Err(HierarchyError::Conflict(format!(
+                "role bindings name organization {id} or its groups, and would reach a new organization of the same id; remove them first (`wegweiser user revoke-binding`): {}",
+                bound.join(", ")
+            ))
+            .into());
+        }
         let mut done = Deleted {
             reports: self.delete_devices(tenant, &devices, actor).await?,
             devices: devices.len(),
@@ -558,15 +592,17 @@ impl Authority {
         Ok(r)
     }
 
-    /// The role bindings (of users and of API tokens) on a group, as `user: binding` lines.
-    async fn bindings_on_group(
+    /// The role bindings (of users and of API tokens) on a group (with `group` `None`: on the
+    /// organization or one of its groups), described for an error message.
+    async fn bindings_on(
         &self,
         tenant: &TenantId,
-        group: &str,
+        org: &str,
+        group: Option<&str>,
     ) -> Result<Vec<String>, AuthorityError> {
         let mut out = Vec::new();
         for u in self.users().await.map_err(store_err)? {
-            for b in u.bindings.iter().filter(|b| binds_group(b, tenant, group)) {
+            for b in u.bindings.iter().filter(|b| binds(b, tenant, org, group)) {
                 out.push(format!("user {} ({:?})", u.name, b.role).to_lowercase());
             }
         }
@@ -575,7 +611,7 @@ impl Authority {
                 .bindings
                 .iter()
                 .flatten()
-                .filter(|b| binds_group(b, tenant, group))
+                .filter(|b| binds(b, tenant, org, group))
             {
                 out.push(format!(
                     "API token {} of user {} ({:?})",
@@ -602,7 +638,7 @@ impl Authority {
         if g.organization == to {
             return Ok(g);
         }
-        let bound = self.bindings_on_group(tenant, id).await?;
+        let bound = self.bindings_on(tenant, &g.organization, Some(id)).await?;
         if !bound.is_empty() {
             return Err(HierarchyError::Conflict(format!(
                 "role bindings name group {id} in organization {}, and would change meaning if it moved; remove them first (`wegweiser user revoke-binding`): {}",
@@ -664,6 +700,14 @@ impl Authority {
             return Err(HierarchyError::Conflict(format!(
                 "group {id} still holds {} device(s); move or delete them first, or delete with cascade=true (`--cascade`) to delete them with it",
                 devices.len()
+            ))
+            .into());
+        }
+        let bound = self.bindings_on(tenant, &g.organization, Some(id)).await?;
+        if !bound.is_empty() {
+            return Err(HierarchyError::Conflict(format!(
+                "role bindings name group {id}, and would reach a new group of the same id; remove them first (`wegweiser user revoke-binding`): {}",
+                bound.join(", ")
             ))
             .into());
         }

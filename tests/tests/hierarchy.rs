@@ -589,14 +589,38 @@ async fn organizations_and_groups_are_created_renamed_moved_and_deleted() {
     )
     .await;
     assert_eq!(r.status, 409, "{r:?}");
-    let r = call(
+    // A role binding on the organization would reach a new one of the same id: refused too.
+    let _viewer = token_for(
         &p,
-        &admin,
-        "DELETE",
-        &format!("{base}/organizations/client-a?cascade=true"),
-        None,
+        "client-a-viewer",
+        vec![Binding {
+            role: Role::Viewer,
+            scope: Scope::Organization {
+                tenant: t.clone(),
+                organization: "client-a".into(),
+            },
+        }],
     )
     .await;
+    let cascade = format!("{base}/organizations/client-a?cascade=true");
+    let r = call(&p, &admin, "DELETE", &cascade, None).await;
+    assert_eq!(r.status, 409, "{r:?}");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("client-a-viewer"),
+        "{r:?}"
+    );
+    assert!(
+        p.auth.device_entry(&t, &d.id).await.unwrap().is_some(),
+        "nothing was deleted"
+    );
+    p.auth
+        .delete_user(&"client-a-viewer".parse().unwrap(), "test")
+        .await
+        .unwrap();
+    let r = call(&p, &admin, "DELETE", &cascade, None).await;
     assert_eq!(r.status, 204, "{r:?}");
     assert!(p.auth.device_entry(&t, &d.id).await.unwrap().is_none());
     assert!(p.auth.group(&t, "lab").await.unwrap().is_none());
