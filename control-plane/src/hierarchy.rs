@@ -936,6 +936,19 @@ impl Authority {
     /// first (by id) and the others are logged. Returns how many objects it created.
     pub async fn migrate_hierarchy(&self) -> Result<usize, AuthorityError> {
         let mut created = 0;
+        // Every tenant's tokens in one pass over the bucket; spent tokens enroll nothing more,
+        // so only usable ones count.
+        let now = time::now();
+        let mut tokens: BTreeMap<TenantId, Vec<crate::enrollment::TokenRecord>> = BTreeMap::new();
+        for (_, v) in crate::authority::kv_values(&self.inner.cp, &self.inner.tokens, ">").await? {
+            if let Ok(r) = serde_json::from_slice::<crate::enrollment::TokenRecord>(&v)
+                && r.revoked_at.is_none()
+                && r.expires_at > now
+                && r.uses < r.max_uses
+            {
+                tokens.entry(r.tenant.clone()).or_default().push(r);
+            }
+        }
         for t in self.tenants().await? {
             if t.state != crate::tenant::TenantState::Active {
                 continue;
@@ -944,20 +957,13 @@ impl Authority {
             // organization → groups, as labelled.
             let mut labels: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
             let devices = self.devices(tenant).await?;
-            // Spent tokens enroll nothing more: only usable ones count.
-            let now = time::now();
-            let tokens: Vec<_> = self
-                .tokens(tenant)
-                .await?
-                .into_iter()
-                .filter(|(_, r)| {
-                    r.revoked_at.is_none() && r.expires_at > now && r.uses < r.max_uses
-                })
-                .collect();
-            let places = devices
-                .iter()
-                .map(|d| (&d.organization, &d.group))
-                .chain(tokens.iter().map(|(_, r)| (&r.organization, &r.group)));
+            let places = devices.iter().map(|d| (&d.organization, &d.group)).chain(
+                tokens
+                    .get(tenant)
+                    .into_iter()
+                    .flatten()
+                    .map(|r| (&r.organization, &r.group)),
+            );
             for (org, group) in places {
                 if let Some(o) = org {
                     let groups = labels.entry(o.clone()).or_default();
@@ -1041,6 +1047,45 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn bindings_on_a_group_or_an_organization_and_its_groups() {
+        let t: TenantId = "acme".parse().unwrap();
+        let other: TenantId = "other".parse().unwrap();
+        let b = |scope| Binding {
+            role: crate::rbac::Role::Viewer,
+            scope,
+        };
+        let org = |tenant: &TenantId, o: &str| {
+            b(Scope::Organization {
+                tenant: tenant.clone(),
+                organization: o.into(),
+            })
+        };
+        let group = |tenant: &TenantId, o: &str, g: &str| {
+            b(Scope::Group {
+                tenant: tenant.clone(),
+                organization: o.into(),
+                group: g.into(),
+            })
+        };
+        // A group: bindings on that group only.
+        assert!(binds(&group(&t, "o1", "g1"), &t, "o1", Some("g1")));
+        assert!(!binds(&group(&t, "o1", "g2"), &t, "o1", Some("g1")));
+        assert!(!binds(&org(&t, "o1"), &t, "o1", Some("g1")));
+        assert!(!binds(&group(&other, "o1", "g1"), &t, "o1", Some("g1")));
+        // An organization: on it, or on any of its groups.
+        assert!(binds(&org(&t, "o1"), &t, "o1", None));
+        assert!(binds(&group(&t, "o1", "g9"), &t, "o1", None));
+        assert!(!binds(&org(&t, "o2"), &t, "o1", None));
+        assert!(!binds(&org(&other, "o1"), &t, "o1", None));
+        assert!(!binds(
+            &b(Scope::Tenant { tenant: t.clone() }),
+            &t,
+            "o1",
+            None
+        ));
     }
 
     #[test]

@@ -989,6 +989,21 @@ async fn labels_already_in_use_become_objects_when_the_service_starts() {
         )
         .await
         .unwrap();
+    // A spent one names nothing that still matters.
+    let spent = TokenRecord {
+        id: "fedcba987654".into(),
+        organization: Some("spent-org".into()),
+        group: None,
+        revoked_at: Some(now),
+        ..legacy.clone()
+    };
+    tokens
+        .put(
+            "fedcba987654fedcba987654fedcba987654fedcba987654fedcba987654fedc",
+            serde_json::to_vec(&spent).unwrap().into(),
+        )
+        .await
+        .unwrap();
     assert!(
         p.auth
             .organization(&t, "legacy-org")
