@@ -1,4 +1,5 @@
-//! The JSON API under `/v1/` (tenants, devices, enrollment tokens, commands, command keys),
+//! The JSON API under `/v1/` (tenants, devices, enrollment tokens, commands, command keys;
+//! organizations and groups in [`crate::api_hierarchy`]),
 //! described by the OpenAPI document at `/openapi.json`, generated from these handlers.
 //!
 //! Every handler receives the caller as an [`rbac::Principal`] (put into the request by the
@@ -936,7 +937,7 @@ pub async fn revoke_token(
 /// The generated OpenAPI document.
 #[derive(Debug, OpenApi)]
 #[openapi(
-    info(title = "Wegweiser control plane", description = "Tenants, devices, signed commands and command keys. Every endpoint needs a session cookie (with X-CSRF-Token on changes) or a bearer API token."),
+    info(title = "Wegweiser control plane", description = "Tenants, organizations and groups, devices, signed commands and command keys. Every endpoint needs a session cookie (with X-CSRF-Token on changes) or a bearer API token."),
     paths(list_tenants, get_tenant, list_devices, get_device, revoke_device, send_command, list_tokens, create_token, revoke_token, get_keys, rotate_keys,
         crate::api_hierarchy::list_orgs, crate::api_hierarchy::create_org, crate::api_hierarchy::get_org, crate::api_hierarchy::patch_org, crate::api_hierarchy::delete_org,
         crate::api_hierarchy::list_groups, crate::api_hierarchy::create_group, crate::api_hierarchy::get_group, crate::api_hierarchy::patch_group, crate::api_hierarchy::delete_group,

@@ -4,6 +4,8 @@
 //! - [`authority::Authority`] creates and deletes tenants (one NATS account each), issues device
 //!   and technician JWTs, revokes users and rotates signing keys, with every account change
 //!   pushed to nats-server and checked as applied.
+//! - [`hierarchy`] keeps each tenant's organizations and groups, and moves and deletes groups
+//!   and devices.
 //! - [`certs`] makes development TLS material.
 //! - [`cli`] is the `wegweiser` command line; `main.rs` only calls it.
 #![forbid(unsafe_code)]
