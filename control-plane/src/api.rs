@@ -1,4 +1,5 @@
-//! The JSON API under `/v1/` (tenants, devices, enrollment tokens, commands, command keys),
+//! The JSON API under `/v1/` (tenants, devices, enrollment tokens, commands, command keys;
+//! organizations and groups in [`crate::api_hierarchy`]),
 //! described by the OpenAPI document at `/openapi.json`, generated from these handlers.
 //!
 //! Every handler receives the caller as an [`rbac::Principal`] (put into the request by the
@@ -59,11 +60,11 @@ pub fn guard(who: &Principal, action: Action, target: &Target) -> Result<(), Api
     }
 }
 
-fn not_found() -> ApiError {
+pub(crate) fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such object")
 }
 
-fn bad_request(message: impl Into<String>) -> ApiError {
+pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
@@ -76,6 +77,7 @@ impl From<AuthorityError> for ApiError {
             }
             AuthorityError::Command(m) => bad_request(m),
             AuthorityError::BadLifetime { .. } => bad_request(e.to_string()),
+            AuthorityError::Hierarchy(h) => h.into(),
             other => {
                 tracing::error!(error = %other, "API request failed.");
                 ApiError::new(
@@ -88,12 +90,12 @@ impl From<AuthorityError> for ApiError {
     }
 }
 
-fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
+pub(crate) fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
     // An id that cannot exist is simply not found.
     s.parse().map_err(|_| not_found())
 }
 
-fn device_target(d: &DeviceRecord) -> Target {
+pub(crate) fn device_target(d: &DeviceRecord) -> Target {
     Target::Device {
         at: Place {
             tenant: d.tenant.clone(),
@@ -362,7 +364,7 @@ pub struct DeviceView {
 }
 
 impl DeviceView {
-    fn of(d: &DeviceRecord, last_seen: Option<i64>, online: bool) -> Self {
+    pub(crate) fn of(d: &DeviceRecord, last_seen: Option<i64>, online: bool) -> Self {
         Self {
             id: d.id.to_string(),
             organization: d.organization.clone(),
@@ -567,7 +569,7 @@ pub async fn list_devices(
     Ok(Json(s.devices.page(&who, &tenant, &q)))
 }
 
-fn device_in_scope(
+pub(crate) fn device_in_scope(
     s: &AppState,
     who: &Principal,
     action: Action,
@@ -938,9 +940,14 @@ pub async fn revoke_token(
 /// The generated OpenAPI document.
 #[derive(Debug, OpenApi)]
 #[openapi(
-    info(title = "Wegweiser control plane", description = "Tenants, devices, signed commands and command keys. Every endpoint needs a session cookie (with X-CSRF-Token on changes) or a bearer API token."),
-    paths(list_tenants, get_tenant, list_devices, get_device, revoke_device, send_command, list_tokens, create_token, revoke_token, get_keys, rotate_keys),
-    components(schemas(Page<TenantView>, Page<DeviceView>, Page<TokenView>, TokenView, NewTokenBody, TenantView, DeviceView, CommandBody, CommandResponse, CommandOutcomeView, KeysView, KeyView, ErrorView))
+    info(title = "Wegweiser control plane", description = "Tenants, organizations and groups, devices, signed commands and command keys. Every endpoint needs a session cookie (with X-CSRF-Token on changes) or a bearer API token."),
+    paths(list_tenants, get_tenant, list_devices, get_device, revoke_device, send_command, list_tokens, create_token, revoke_token, get_keys, rotate_keys,
+        crate::api_hierarchy::list_orgs, crate::api_hierarchy::create_org, crate::api_hierarchy::get_org, crate::api_hierarchy::patch_org, crate::api_hierarchy::delete_org,
+        crate::api_hierarchy::list_groups, crate::api_hierarchy::create_group, crate::api_hierarchy::get_group, crate::api_hierarchy::patch_group, crate::api_hierarchy::delete_group,
+        crate::api_hierarchy::delete_device, crate::api_hierarchy::move_device),
+    components(schemas(Page<TenantView>, Page<DeviceView>, Page<TokenView>, TokenView, NewTokenBody, TenantView, DeviceView, CommandBody, CommandResponse, CommandOutcomeView, KeysView, KeyView, ErrorView,
+        Page<crate::api_hierarchy::OrgView>, Page<crate::api_hierarchy::GroupView>, crate::api_hierarchy::OrgView, crate::api_hierarchy::GroupView,
+        crate::api_hierarchy::NewObjectBody, crate::api_hierarchy::RenameBody, crate::api_hierarchy::GroupPatchBody, crate::api_hierarchy::MoveDeviceBody))
 )]
 pub struct ApiDoc;
 
@@ -957,7 +964,10 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/tenants", get(list_tenants))
         .route("/v1/tenants/{tenant}", get(get_tenant))
         .route("/v1/tenants/{tenant}/devices", get(list_devices))
-        .route("/v1/tenants/{tenant}/devices/{device}", get(get_device))
+        .route(
+            "/v1/tenants/{tenant}/devices/{device}",
+            get(get_device).delete(crate::api_hierarchy::delete_device),
+        )
         .route(
             "/v1/tenants/{tenant}/devices/{device}/revoke",
             post(revoke_device),
@@ -973,4 +983,5 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/v1/keys", get(get_keys))
         .route("/v1/keys/rotate", post(rotate_keys))
+        .merge(crate::api_hierarchy::routes())
 }

@@ -162,6 +162,9 @@ pub enum AuthorityError {
     /// A command could not be sent.
     #[error("{0}")]
     Command(String),
+    /// An organization or group operation was refused.
+    #[error(transparent)]
+    Hierarchy(#[from] crate::hierarchy::HierarchyError),
 }
 
 /// A requested lifetime, defaulting to and capped by the configured one.
@@ -328,6 +331,7 @@ pub(crate) struct Inner {
     pub(crate) machines: kv::Store,
     pub(crate) blocks: kv::Store,
     pub(crate) trust: kv::Store,
+    pub(crate) hierarchy: kv::Store,
     pub(crate) trust_cache: std::sync::Mutex<crate::trust::TrustCache>,
     pub(crate) audit: crate::audit::Audit,
     pub(crate) signers:
@@ -538,6 +542,15 @@ impl Authority {
             None,
         )
         .await?;
+        let hierarchy = bucket(
+            &js,
+            crate::hierarchy::HIERARCHY_BUCKET,
+            "Organizations and groups of each tenant",
+            4,
+            replicas,
+            None,
+        )
+        .await?;
         crate::commands::open_log(&js, replicas).await?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let audit = crate::audit::Audit::open(&js, replicas, metrics.clone()).await?;
@@ -556,6 +569,7 @@ impl Authority {
                 machines,
                 blocks,
                 trust,
+                hierarchy,
                 trust_cache: Default::default(),
                 audit,
                 signers: Default::default(),
@@ -1094,12 +1108,23 @@ impl Authority {
     /// Revokes a user: every JWT of `user` issued up to now stops working; the server drops its
     /// live connections when the account update lands. Returns the revocation time.
     pub async fn revoke(&self, tenant: &TenantId, user: &UserKey) -> Result<i64, AuthorityError> {
+        self.revoke_all(tenant, std::slice::from_ref(user)).await
+    }
+
+    /// Revokes several users of a tenant in one account update (see [`Authority::revoke`]).
+    pub async fn revoke_all(
+        &self,
+        tenant: &TenantId,
+        users: &[UserKey],
+    ) -> Result<i64, AuthorityError> {
         // Revoke a little into the future: a JWT for this key signed concurrently by another
         // replica (or one whose clock runs ahead) must not escape with a later `iat`.
         let now = time::now() + REVOCATION_SKEW_SECS;
         self.update_tenant(tenant, |r| {
-            r.revocations.insert(user.to_string(), now);
-            r.banned_users.insert(user.to_string());
+            for user in users {
+                r.revocations.insert(user.to_string(), now);
+                r.banned_users.insert(user.to_string());
+            }
             // No user JWT lives longer than MAX_USER_JWT_TTL_SECS: older entries guard nothing,
             // so drop them to keep the account JWT small. The ban list is never pruned.
             r.revocations
@@ -1107,7 +1132,9 @@ impl Authority {
             Ok(())
         })
         .await?;
-        tracing::info!(tenant = %tenant, user = %user, "User revoked.");
+        for user in users {
+            tracing::info!(tenant = %tenant, user = %user, "User revoked.");
+        }
         Ok(now)
     }
 

@@ -64,6 +64,12 @@ pub enum Command {
     /// Devices.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Organizations (an MSP's clients) of a tenant.
+    #[command(subcommand)]
+    Org(crate::cli_hierarchy::OrgCommand),
+    /// Groups of an organization.
+    #[command(subcommand)]
+    Group(crate::cli_hierarchy::GroupCommand),
     /// Live tail of a tenant's reports, through subscribe-only technician credentials.
     Watch {
         /// Tenant.
@@ -267,6 +273,31 @@ pub enum DeviceCommand {
         /// Device id.
         device: DeviceId,
     },
+    /// Delete a device: credentials revoked, reports purged, record removed.
+    Delete {
+        /// Tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// Device id.
+        device: DeviceId,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Move a device to an existing organization (and group).
+    Move {
+        /// Tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// Device id.
+        device: DeviceId,
+        /// Organization.
+        #[arg(long)]
+        organization: String,
+        /// Group of that organization.
+        #[arg(long)]
+        group: Option<String>,
+    },
 }
 
 /// Certificate subcommands.
@@ -440,6 +471,10 @@ pub fn main() -> ExitCode {
 fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<AuthorityError>() {
         Some(AuthorityError::Config(_)) => EXIT_USAGE,
+        Some(AuthorityError::Hierarchy(
+            crate::hierarchy::HierarchyError::Invalid(_)
+            | crate::hierarchy::HierarchyError::UnknownPlace(_),
+        )) => EXIT_USAGE,
         Some(AuthorityError::Unreachable { .. }) => EXIT_UNAVAILABLE,
         _ if e.downcast_ref::<crate::audit::ChainFault>().is_some() => EXIT_DATAERR,
         _ if e.downcast_ref::<crate::config::ConfigError>().is_some() => EXIT_USAGE,
@@ -537,6 +572,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant(t) => tenant(&data_dir, t, json).await,
         Command::Token(t) => token(&data_dir, t, json).await,
         Command::Device(d) => device(&data_dir, d, json).await,
+        Command::Org(c) => crate::cli_hierarchy::org(&data_dir, c, json).await,
+        Command::Group(c) => crate::cli_hierarchy::group(&data_dir, c, json).await,
         Command::Keys(k) => crate::cli_commands::keys(&data_dir, k, json).await,
         Command::Cmd(c) => crate::cli_commands::cmd(&data_dir, c, json).await,
         Command::Watch { tenant, device } => watch(&data_dir, tenant, device, json).await,
@@ -984,6 +1021,46 @@ async fn device(data_dir: &Path, cmd: DeviceCommand, json: bool) -> anyhow::Resu
                 )
             });
         }
+        DeviceCommand::Delete {
+            tenant,
+            device,
+            yes,
+        } => {
+            if !yes {
+                anyhow::bail!(
+                    "this revokes {device}'s credentials and deletes its record and every stored report; pass --yes to confirm"
+                );
+            }
+            let reports = auth.delete_device(&tenant, &device, "cli").await?;
+            print(
+                json,
+                &serde_json::json!({"device": device, "reports": reports}),
+                || {
+                    format!(
+                        "Deleted device {device}: credentials revoked, {reports} report(s) purged."
+                    )
+                },
+            );
+        }
+        DeviceCommand::Move {
+            tenant,
+            device,
+            organization,
+            group,
+        } => {
+            let d = auth
+                .move_device(&tenant, &device, &organization, group.as_deref(), "cli")
+                .await?;
+            print(json, &d, || {
+                format!(
+                    "Moved device {device} to organization {organization}{}.",
+                    group
+                        .as_deref()
+                        .map(|g| format!(", group {g}"))
+                        .unwrap_or_default()
+                )
+            });
+        }
     }
     Ok(())
 }
@@ -1176,6 +1253,8 @@ pub async fn start_service(auth: &Authority, root_dir: &Path) -> anyhow::Result<
     if auth.trust_bootstrap(root_dir).await? {
         tracing::info!("Created the first command keyset.");
     }
+    // Devices and tokens labelled before organizations and groups were objects.
+    auth.migrate_hierarchy().await?;
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     let a = auth.clone();

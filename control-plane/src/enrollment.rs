@@ -218,7 +218,7 @@ fn device_key(tenant: &TenantId, device: &DeviceId) -> String {
     format!("{tenant}.{device}")
 }
 
-fn machine_key(tenant: &TenantId, machine_id: &str) -> String {
+pub(crate) fn machine_key(tenant: &TenantId, machine_id: &str) -> String {
     format!(
         "{tenant}.{}",
         wegweiser_shared::enroll::hex(&Sha256::digest(format!("{tenant}\n{machine_id}")))
@@ -241,6 +241,13 @@ impl Authority {
                 "organization and group must be lowercase slugs".into(),
             ));
         }
+        // Devices must land in objects that exist.
+        self.check_place(
+            &new.tenant,
+            new.organization.as_deref(),
+            new.group.as_deref(),
+        )
+        .await?;
         let ttl = new
             .ttl_secs
             .unwrap_or(self.inner.cfg.enrollment.token_ttl_secs);
@@ -344,7 +351,7 @@ impl Authority {
         Ok(rec)
     }
 
-    async fn update_token<F>(
+    pub(crate) async fn update_token<F>(
         &self,
         hash: &str,
         mut change: F,

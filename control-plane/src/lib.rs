@@ -4,12 +4,15 @@
 //! - [`authority::Authority`] creates and deletes tenants (one NATS account each), issues device
 //!   and technician JWTs, revokes users and rotates signing keys, with every account change
 //!   pushed to nats-server and checked as applied.
+//! - [`hierarchy`] keeps each tenant's organizations and groups, and moves and deletes groups
+//!   and devices.
 //! - [`certs`] makes development TLS material.
 //! - [`cli`] is the `wegweiser` command line; `main.rs` only calls it.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod api_admin;
+pub mod api_hierarchy;
 pub mod audit;
 pub mod authority;
 pub mod blocker;
@@ -17,11 +20,13 @@ pub mod certs;
 pub mod cli;
 pub mod cli_api;
 pub mod cli_commands;
+pub mod cli_hierarchy;
 pub mod cli_users;
 pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod enrollment;
+pub mod hierarchy;
 pub mod http;
 pub mod identity;
 pub mod ingest;

@@ -11,7 +11,7 @@
 //! |---|---|---|---|---|
 //! | [`Action::Read`]: tenants, organizations, groups, devices, reports, tokens, command log | ✓ | ✓ | ✓ | ✓ |
 //! | [`Action::Command`]: send signed commands | | ✓ | ✓ | ✓ |
-//! | [`Action::Manage`]: organizations, groups, devices, enrollment tokens | | | ✓ | ✓ |
+//! | [`Action::Manage`]: organizations, groups (create, rename, move, delete), devices (revoke, move, delete), enrollment tokens | | | ✓ | ✓ |
 //! | [`Action::ReadAudit`]: audit queries | | | ✓ | ✓ |
 //! | [`Action::ManageUsers`]: users and role bindings in scope | | | | ✓ |
 //! | [`Action::ManageKeys`], [`Action::ManageTenants`]: command keys, tenants | | | | ✓ at [`Scope::Global`] only |
@@ -19,6 +19,10 @@
 //! The endpoints and what each needs are listed in [`crate::api`] and [`crate::api_admin`]
 //! (users: an Admin manages the users whose bindings lie within its Admin scopes, and grants
 //! only bindings within them; audit queries need [`Action::ReadAudit`] on the whole tenant).
+//! Where the hierarchy endpoints ask ([`crate::api_hierarchy`]): creating an organization needs
+//! Manage on the tenant, creating a group Manage on its organization; renaming or deleting needs
+//! Manage on the object, showing it Read (or a binding below it); a move needs Manage on the
+//! source and on the destination; deleting a device needs Manage on the device.
 
 use serde::{Deserialize, Serialize};
 use wegweiser_shared::ids::{DeviceId, TenantId};

@@ -228,6 +228,26 @@ impl Platform {
         Ok(token)
     }
 
+    /// Creates organization `org` of `tenant` (and its group `group`) unless they exist.
+    pub async fn place(
+        &self,
+        tenant: &wegweiser_shared::ids::TenantId,
+        org: &str,
+        group: Option<&str>,
+    ) -> anyhow::Result<()> {
+        if self.auth.organization(tenant, org).await?.is_none() {
+            self.auth
+                .create_organization(tenant, org, None, "test")
+                .await?;
+        }
+        if let Some(g) = group
+            && self.auth.group(tenant, g).await?.is_none()
+        {
+            self.auth.create_group(tenant, org, g, None, "test").await?;
+        }
+        Ok(())
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")

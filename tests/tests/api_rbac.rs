@@ -1,6 +1,6 @@
 //! The RBAC matrix through the real HTTPS API: each of the 4 roles at each of the 4 scopes
-//! (tenant, organization, group, device) against each endpoint class gets exactly the allowed
-//! answers; every endpoint asked about another tenant finds nothing; only the platform
+//! (tenant, organization, group, device) against each endpoint class (devices, commands,
+//! tokens, organizations and groups, device moves) gets exactly the allowed answers; every endpoint asked about another tenant finds nothing; only the platform
 //! operator reaches the command keys. Every request carries a real API token of a real user.
 #![allow(clippy::unwrap_used)]
 
@@ -66,6 +66,7 @@ async fn enroll_in(
     group: &str,
     machine: &str,
 ) -> SimDevice {
+    p.place(tenant, org, Some(group)).await.unwrap();
     let (tok, _) = p
         .auth
         .create_token(NewToken {
@@ -81,6 +82,17 @@ async fn enroll_in(
     SimDevice::enroll_with(p, tok.expose(), machine)
         .await
         .unwrap()
+}
+
+/// Waits until the operator's `GET path` answers `status` (the device index follows the store).
+async fn wait_for(p: &Platform, op: &str, path: &str, status: u16) {
+    for _ in 0..200 {
+        if call(p, op, "GET", path, None).await.status == status {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("GET {path} never answered {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,6 +113,9 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
     let dev = enroll_in(&p, &acme, "o1", "g1", "m1").await;
     let _serving = tokio::spawn(dev.clone().serve());
     let foreign = enroll_in(&p, &other, "o1", "g1", "m2").await;
+    // Siblings: an organization and a group outside the narrower scopes.
+    p.place(&acme, "o2", Some("g2")).await.unwrap();
+    p.place(&acme, "o1", Some("g1b")).await.unwrap();
 
     // The device index follows the store: wait until the API lists both.
     let op = token_for(
@@ -385,6 +400,187 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
                 ("GET", format!("/v1/tenants/{other}/audit"), None, 404),
                 ("GET", "/v1/audit".into(), None, 404),
             ];
+            let above_device = |tenant_or_org: bool| -> u16 {
+                // Manage on an organization: covered by tenant and organization scopes only.
+                if !tenant_or_org {
+                    404
+                } else if at_least(Role::Manager) {
+                    200
+                } else {
+                    403
+                }
+            };
+            let tenant_scope = *scope_name == "tenant";
+            let org_or_above = tenant_scope || *scope_name == "org";
+            let manage_group = |ok: u16| {
+                if device_scope {
+                    404
+                } else if at_least(Role::Manager) {
+                    ok
+                } else {
+                    403
+                }
+            };
+            let hierarchy: Vec<(&str, String, Option<String>, u16)> = vec![
+                // Read: the organization and group holding the scope are visible to all.
+                (
+                    "GET",
+                    format!("/v1/tenants/{acme}/organizations"),
+                    None,
+                    200,
+                ),
+                (
+                    "GET",
+                    format!("/v1/tenants/{acme}/organizations/o1"),
+                    None,
+                    200,
+                ),
+                (
+                    "GET",
+                    format!("/v1/tenants/{acme}/organizations/o1/groups"),
+                    None,
+                    200,
+                ),
+                ("GET", format!("/v1/tenants/{acme}/groups/g1"), None, 200),
+                // Siblings outside the scope do not exist for it.
+                (
+                    "GET",
+                    format!("/v1/tenants/{acme}/organizations/o2"),
+                    None,
+                    if tenant_scope { 200 } else { 404 },
+                ),
+                (
+                    "GET",
+                    format!("/v1/tenants/{acme}/groups/g1b"),
+                    None,
+                    if org_or_above { 200 } else { 404 },
+                ),
+                // Create an organization: Manage on the tenant.
+                (
+                    "POST",
+                    format!("/v1/tenants/{acme}/organizations"),
+                    Some(format!(r#"{{"id":"n-{who}"}}"#)),
+                    match above_device(tenant_scope) {
+                        200 => 201,
+                        other => other,
+                    },
+                ),
+                // Rename and create a group in it: Manage on the organization.
+                (
+                    "PATCH",
+                    format!("/v1/tenants/{acme}/organizations/o1"),
+                    Some(r#"{"name":"Org One"}"#.into()),
+                    above_device(org_or_above),
+                ),
+                (
+                    "POST",
+                    format!("/v1/tenants/{acme}/organizations/o1/groups"),
+                    Some(format!(r#"{{"id":"ng-{who}"}}"#)),
+                    match above_device(org_or_above) {
+                        200 => 201,
+                        other => other,
+                    },
+                ),
+                // Rename a group: Manage on the group.
+                (
+                    "PATCH",
+                    format!("/v1/tenants/{acme}/groups/g1"),
+                    Some(r#"{"name":"Group One"}"#.into()),
+                    manage_group(200),
+                ),
+                // Deleting what still holds the device is refused, to whoever may manage it.
+                (
+                    "DELETE",
+                    format!("/v1/tenants/{acme}/groups/g1"),
+                    None,
+                    manage_group(409),
+                ),
+                (
+                    "DELETE",
+                    format!("/v1/tenants/{acme}/organizations/o1"),
+                    None,
+                    match above_device(org_or_above) {
+                        200 => 409,
+                        other => other,
+                    },
+                ),
+                // Moving the device (to where it is): Manage on the device and the destination.
+                (
+                    "POST",
+                    format!("/v1/tenants/{acme}/devices/{}/move", dev.id),
+                    Some(r#"{"organization":"o1","group":"g1"}"#.into()),
+                    if !at_least(Role::Manager) {
+                        403
+                    } else if device_scope {
+                        404
+                    } else {
+                        200
+                    },
+                ),
+                // Another tenant's hierarchy does not exist.
+                (
+                    "GET",
+                    format!("/v1/tenants/{other}/organizations"),
+                    None,
+                    404,
+                ),
+                (
+                    "GET",
+                    format!("/v1/tenants/{other}/organizations/o1"),
+                    None,
+                    404,
+                ),
+                (
+                    "GET",
+                    format!("/v1/tenants/{other}/organizations/o1/groups"),
+                    None,
+                    404,
+                ),
+                ("GET", format!("/v1/tenants/{other}/groups/g1"), None, 404),
+                (
+                    "POST",
+                    format!("/v1/tenants/{other}/organizations"),
+                    Some(r#"{"id":"x"}"#.into()),
+                    404,
+                ),
+                (
+                    "PATCH",
+                    format!("/v1/tenants/{other}/organizations/o1"),
+                    Some(r#"{"name":"x"}"#.into()),
+                    404,
+                ),
+                (
+                    "PATCH",
+                    format!("/v1/tenants/{other}/groups/g1"),
+                    Some(r#"{"organization":"o1"}"#.into()),
+                    404,
+                ),
+                (
+                    "DELETE",
+                    format!("/v1/tenants/{other}/organizations/o1?cascade=true"),
+                    None,
+                    404,
+                ),
+                (
+                    "DELETE",
+                    format!("/v1/tenants/{other}/groups/g1?cascade=true"),
+                    None,
+                    404,
+                ),
+                (
+                    "DELETE",
+                    format!("/v1/tenants/{other}/devices/{}", foreign.id),
+                    None,
+                    404,
+                ),
+                (
+                    "POST",
+                    format!("/v1/tenants/{other}/devices/{}/move", foreign.id),
+                    Some(r#"{"organization":"o1"}"#.into()),
+                    404,
+                ),
+            ];
+            let cases: Vec<_> = cases.into_iter().chain(hierarchy).collect();
             for (method, path, body, want) in cases {
                 let r = call(&p, &tok, method, &path, body.as_deref()).await;
                 assert_eq!(r.status, want, "{who}: {method} {path}: {r:?}");
@@ -394,8 +590,82 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
                 if want == 200 && path.ends_with("/commands") {
                     assert_eq!(r.body["devices"][0]["status"], "ok", "{who}: {r:?}");
                 }
+                if want == 409 {
+                    assert_eq!(r.code(), "conflict", "{who}: {method} {path}");
+                }
+                if want == 201 && (path.ends_with("/organizations") || path.ends_with("/groups")) {
+                    // What it created, it may delete again (and the lists below stay exact).
+                    let id = r.body["id"].as_str().unwrap();
+                    let gone = if path.ends_with("/groups") {
+                        format!("/v1/tenants/{acme}/groups/{id}")
+                    } else {
+                        format!("/v1/tenants/{acme}/organizations/{id}")
+                    };
+                    let d = call(&p, &tok, "DELETE", &gone, None).await;
+                    assert_eq!(d.status, 204, "{who}: DELETE {gone}: {d:?}");
+                }
                 checked += 1;
             }
+            // Deleting a device: forbidden below Manager (asked about the shared device, which
+            // every scope covers); allowed to a Manager whose scope covers it (asked about a
+            // device enrolled for this, in the shared device's group), which a device scope
+            // does not.
+            if at_least(Role::Manager) {
+                let victim = enroll_in(&p, &acme, "o1", "g1", &format!("victim-{who}")).await;
+                let path = format!("/v1/tenants/{acme}/devices/{}", victim.id);
+                wait_for(&p, &op, &path, 200).await;
+                let r = call(&p, &tok, "DELETE", &path, None).await;
+                let want = if device_scope { 404 } else { 204 };
+                assert_eq!(r.status, want, "{who}: DELETE {path}: {r:?}");
+                if device_scope {
+                    // Deleted by someone who may, so the lists below stay exact.
+                    assert_eq!(call(&p, &op, "DELETE", &path, None).await.status, 204);
+                }
+                wait_for(&p, &op, &path, 404).await;
+            } else {
+                let path = format!("/v1/tenants/{acme}/devices/{}", dev.id);
+                let r = call(&p, &tok, "DELETE", &path, None).await;
+                assert_eq!(r.status, 403, "{who}: DELETE {path}: {r:?}");
+            }
+            checked += 1;
+            // Lists show what holds the scope: every organization and group to a tenant-scoped
+            // user, the organization and group of the device to those scoped below.
+            let ids = |r: &wegweiser_tests::HttpResponse| -> Vec<String> {
+                r.body["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| o["id"].as_str().unwrap().to_owned())
+                    .collect()
+            };
+            let orgs = call(
+                &p,
+                &tok,
+                "GET",
+                &format!("/v1/tenants/{acme}/organizations"),
+                None,
+            )
+            .await;
+            let want: Vec<&str> = if tenant_scope {
+                vec!["o1", "o2"]
+            } else {
+                vec!["o1"]
+            };
+            assert_eq!(ids(&orgs), want, "{who}: {orgs:?}");
+            let groups = call(
+                &p,
+                &tok,
+                "GET",
+                &format!("/v1/tenants/{acme}/organizations/o1/groups"),
+                None,
+            )
+            .await;
+            let want: Vec<&str> = if org_or_above {
+                vec!["g1", "g1b"]
+            } else {
+                vec!["g1"]
+            };
+            assert_eq!(ids(&groups), want, "{who}: {groups:?}");
             // The list shows only what the scope covers, and never the other tenant's device.
             let list = call(
                 &p,
@@ -414,7 +684,7 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
             assert_eq!(ids, vec![dev.id.as_str()], "{who}");
         }
     }
-    assert_eq!(checked, 4 * 4 * 31);
+    assert_eq!(checked, 4 * 4 * (31 + 24 + 1));
     // Global roles other than Admin: the platform is in view (403), not theirs to change.
     let global_viewer = token_for(
         &p,

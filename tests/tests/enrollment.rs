@@ -49,6 +49,7 @@ async fn setup(opts: PlatformOptions) -> (Platform, TenantId, wegweiser_cp::cli:
 }
 
 async fn token(p: &Platform, tenant: &TenantId, uses: u32, ttl: Option<i64>) -> String {
+    p.place(tenant, "client-a", None).await.unwrap();
     let (t, _) = p
         .auth
         .create_token(NewToken {
