@@ -1004,6 +1004,22 @@ impl Authority {
             .map_err(store_err)?;
         // Its reports go first, while the record that names the account still exists.
         self.purge_reports(id, None, "cli").await?;
+        // Then everything else kept under its id, so that a tenant created later under the
+        // same id starts empty: devices, machine index, enrollment tokens, organizations and
+        // groups.
+        for store in [
+            &self.inner.devices,
+            &self.inner.machines,
+            &self.inner.hierarchy,
+        ] {
+            for (key, _) in kv_values(&self.inner.cp, store, &format!("{id}.>")).await? {
+                store.purge(&key).await.map_err(store_err)?;
+            }
+        }
+        // Tokens are keyed by their hash alone.
+        for (key, _) in self.tokens(id).await? {
+            self.inner.tokens.purge(&key).await.map_err(store_err)?;
+        }
         self.delete_accounts(&[&record.account]).await?;
         if self
             .resolver_accounts()

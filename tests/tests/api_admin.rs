@@ -448,8 +448,23 @@ async fn tenants_users_bindings_and_tokens_over_the_api() {
         ],
     )
     .await;
+    // What hangs off it: an organization with a group, a device in it, an unused token.
+    let newco: wegweiser_shared::ids::TenantId = "newco".parse().unwrap();
+    p.place(&newco, "branch", Some("desks")).await.unwrap();
+    let device = wegweiser_tests::sim::SimDevice::enroll(&p, &newco, "newco-pc")
+        .await
+        .unwrap();
+    p.token(&newco, 5).await.unwrap();
+    for list in ["devices", "organizations", "tokens"] {
+        let r = call(&p, op, "GET", &format!("/v1/tenants/newco/{list}"), None).await;
+        assert!(
+            !r.body["items"].as_array().unwrap().is_empty(),
+            "{list}: {r:?}"
+        );
+    }
     let r = call(&p, op, "DELETE", "/v1/tenants/newco", None).await;
     assert_eq!(r.status, 204, "{r:?}");
+    drop(device);
     // Its users lose their bindings there: a new tenant of the same id is not theirs.
     let r = call(&p, op, "GET", "/v1/users/carol", None).await;
     assert_eq!(r.body["bindings"].as_array().unwrap().len(), 1, "{r:?}");
@@ -465,6 +480,12 @@ async fn tenants_users_bindings_and_tokens_over_the_api() {
     assert_eq!(r.status, 201, "{r:?}");
     let r = call(&p, As::Token(&carol), "GET", "/v1/tenants/newco", None).await;
     assert_eq!(r.status, 404, "{r:?}");
+    // And it starts empty: nothing of the deleted tenant lives on under the same id.
+    for list in ["devices", "organizations", "tokens"] {
+        let r = call(&p, op, "GET", &format!("/v1/tenants/newco/{list}"), None).await;
+        assert_eq!(r.status, 200, "{list}: {r:?}");
+        assert_eq!(r.body["items"], serde_json::json!([]), "{list}: {r:?}");
+    }
     let r = call(&p, op, "DELETE", "/v1/tenants/newco", None).await;
     assert_eq!(r.status, 204, "{r:?}");
     assert_eq!(
