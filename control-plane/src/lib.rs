@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_live;
 pub mod audit;
 pub mod authority;
 pub mod blocker;
@@ -18,6 +19,7 @@ pub mod cli_commands;
 pub mod cli_users;
 pub mod commands;
 pub mod config;
+pub mod dashboard;
 pub mod enrollment;
 pub mod http;
 pub mod identity;
