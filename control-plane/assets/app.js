@@ -304,7 +304,7 @@ async function renderOverview(main) {
   let timer = null;
   state.page = {
     onDevice: () => {
-      // Counts change with presence: refresh, at most every few seconds.
+      // Counts change with presence: refresh, at most every 10 seconds.
       if (timer) return;
       timer = setTimeout(async () => {
         timer = null;
@@ -315,7 +315,7 @@ async function renderOverview(main) {
           $('stat-offline').textContent = n.offline;
           $('stat-devices').textContent = n.devices;
         } catch (_) { /* next change tries again */ }
-      }, 3000);
+      }, 10000);
     },
   };
 }

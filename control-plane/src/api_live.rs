@@ -32,11 +32,14 @@ use async_nats::jetstream::{self, consumer};
 use axum::{
     Extension, Json, Router,
     extract::{Path, Query, State},
-    http::StatusCode,
-    response::sse::{Event as SseEvent, KeepAlive, Sse},
+    http::{HeaderMap, StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, KeepAlive, Sse},
+    },
     routing::get,
 };
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::{
     collections::{HashMap, HashSet},
@@ -326,7 +329,7 @@ pub fn check_query(q: &DeviceQuery) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The actions `who` may take on targets like `target`, by name (`read`, `command`, `manage`).
+/// The actions `who` may take on `target`, by name (`read`, `command`, `manage`, `audit`).
 fn can(who: &Principal, target: &Target) -> Vec<String> {
     [
         (Action::Read, "read"),
@@ -467,8 +470,8 @@ pub async fn tenant_summary(
 pub struct DetailView {
     /// The device.
     pub device: DeviceView,
-    /// What the caller may do to it (`read`, `command`, `manage`); the server checks again on
-    /// every request.
+    /// What the caller may do to it (`read`, `command`, `manage`, `audit`); the server checks
+    /// again on every request.
     pub can: Vec<String>,
     /// Latest inventory report.
     #[schema(value_type = Option<Object>)]
@@ -810,19 +813,37 @@ pub struct LiveEvent {
 
 /// `GET /v1/tenants/{tenant}/live`: Server-Sent Events of presence and metrics changes of the
 /// devices the caller may read (`event: device`, data [`LiveEvent`]), keepalive comments every
-/// 15 s; the stream ends after 10 minutes (the browser reconnects).
+/// 15 s; the stream ends after 10 minutes (the browser reconnects). Needs
+/// `Accept: text/event-stream`.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/live", params(("tenant" = String, Path)),
     responses((status = 200, description = "Server-Sent Events: `event: device`, `data:` a LiveEvent", content_type = "text/event-stream", body = String),
         (status = 401, body = ErrorView), (status = 404, body = ErrorView),
-        (status = 429, body = ErrorView)))]
+        (status = 406, body = ErrorView), (status = 429, body = ErrorView),
+        (status = 503, body = ErrorView)))]
 pub async fn live(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(tenant): Path<String>,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let tenant = tenant_id(&tenant)?;
     if !rbac::sees_tenant(&who, &tenant) {
         return Err(not_found());
+    }
+    // A tenant that does not exist is not found, even for the platform operator.
+    s.auth.tenant(&tenant).await?;
+    let wants_stream = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"));
+    if !wants_stream {
+        // A client that would read the body to its end would wait for minutes.
+        return Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "not_acceptable",
+            "this is a Server-Sent Events stream: send Accept: text/event-stream (as EventSource does)",
+        ));
     }
     let Some(slot) = s.devices.streams.acquire(&who.user) else {
         return Err(ApiError::new(
@@ -837,12 +858,18 @@ pub async fn live(
     let changes = s.devices.changes.subscribe();
     let (tx, rx) = mpsc::channel::<SseEvent>(256);
     tokio::spawn(forward(s.devices.clone(), who, tenant, changes, tx, slot));
-    let stream =
-        futures::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
-        );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    let mut r = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    // Like every other API answer, never stored (the SSE default is `no-cache`).
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    Ok(r)
 }
 
 /// Forwards the changes `who` may read until the client goes away or the stream's time is up.

@@ -347,10 +347,12 @@ async fn the_dashboard_api_searches_sorts_summarises_and_streams_within_scope() 
         let r = a
             .get(&u)
             .header("authorization", format!("Bearer {t}"))
+            .header("accept", "text/event-stream")
             .call()
             .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["content-type"], "text/event-stream");
+        assert_eq!(r.headers()["cache-control"], "no-store");
         // The harness's client gives up after 10 s: that ends the reading.
         for line in BufReader::new(r.into_body().into_reader()).lines() {
             let Ok(line) = line else { break };
@@ -392,7 +394,15 @@ async fn the_dashboard_api_searches_sorts_summarises_and_streams_within_scope() 
     drop(rx);
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
 
-    // Another tenant's stream is not found; a user holds at most 4 streams.
+    // Another tenant's stream is not found, nor one of a tenant that does not exist (even for
+    // the platform operator); a client that does not ask for events gets 406 at once; a user
+    // holds at most 4 streams.
+    assert_eq!(
+        get(&p, &op, "/v1/tenants/nosuchtenant/live").await.status,
+        404
+    );
+    let r = get(&p, &op, &format!("/v1/tenants/{acme}/live")).await;
+    assert_eq!((r.status, r.code()), (406, "not_acceptable"));
     assert_eq!(
         get(&p, &viewer, &format!("/v1/tenants/{other}/live"))
             .await
@@ -404,6 +414,7 @@ async fn the_dashboard_api_searches_sorts_summarises_and_streams_within_scope() 
             agent
                 .get(&url)
                 .header("authorization", format!("Bearer {op}"))
+                .header("accept", "text/event-stream")
                 .call()
                 .unwrap()
         };
