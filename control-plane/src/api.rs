@@ -200,7 +200,7 @@ impl DeviceIndex {
         Ok(updates)
     }
 
-    fn apply_device(&self, key: &str, value: Option<&bytes::Bytes>) {
+    pub(crate) fn apply_device(&self, key: &str, value: Option<&bytes::Bytes>) {
         let Some((t, d)) = key.split_once('.') else {
             return;
         };
@@ -219,7 +219,7 @@ impl DeviceIndex {
         }
     }
 
-    fn apply_seen(&self, key: &str, value: Option<&bytes::Bytes>) {
+    pub(crate) fn apply_seen(&self, key: &str, value: Option<&bytes::Bytes>) {
         let Some(value) = value else {
             return;
         };
