@@ -514,6 +514,7 @@ async function renderDevice(main, id) {
   await loadHistory();
 
   state.page = {
+    onResize: drawAll,
     onDevice: (dv, e) => {
       if (dv.device !== d.id) return;
       clear(status).appendChild(statusEl(Object.assign({ state: d.state }, dv)));
@@ -543,7 +544,10 @@ function eventText(e) {
 function drawChart(c, spec, points, range) {
   const svg = c.svg;
   while (svg.firstChild) svg.removeChild(svg.firstChild);
-  const W = 400, H = 140, top = 8, bottom = 18, left = 0;
+  // One unit per CSS pixel: lines, dots and labels keep their shape at any width.
+  const W = Math.max(200, Math.round(svg.getBoundingClientRect().width) || 400);
+  const H = 140, top = 8, bottom = 18, left = 0;
+  svg.setAttribute('viewBox', '0 0 ' + W + ' ' + H);
   const now = Math.floor(Date.now() / 1000);
   const span = range === '1h' ? 3600 : 86400;
   const from = now - span;
@@ -673,6 +677,11 @@ document.addEventListener('DOMContentLoaded', () => {
     render();
   });
   window.addEventListener('hashchange', render);
+  let resizing = null;
+  window.addEventListener('resize', () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(() => { if (state.page && state.page.onResize) state.page.onResize(); }, 150);
+  });
   // Relative times stay current.
   setInterval(() => {
     for (const td of document.querySelectorAll('td[data-seen]')) {
