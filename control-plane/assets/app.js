@@ -140,7 +140,7 @@ const tpath = (rest) => '/v1/tenants/' + encodeURIComponent(state.tenant) + rest
 
 function showLogin(message) {
   stopLive();
-  state.page = null;
+  leavePage();
   $('login-password').value = '';
   state.me = null;
   state.csrf = null;
@@ -172,7 +172,7 @@ async function login(ev) {
 
 async function logout() {
   try { await api('POST', '/v1/auth/logout'); } catch (_) { /* gone anyway */ }
-  state.page = null;
+  leavePage();
   clear($('main'));
   $('login-user').value = '';
   showLogin();
@@ -218,7 +218,13 @@ function startLive() {
     // The browser retries by itself; a closed stream (ended session, too many tabs) is retried
     // here after a pause.
     if (es.readyState === EventSource.CLOSED && state.me) {
-      state.liveRetry = setTimeout(startLive, 5000);
+      state.liveRetry = setTimeout(async () => {
+        try {
+          const r = await fetch('/v1/auth/me', { credentials: 'same-origin' });
+          if (r.status === 401) { showLogin('Your session ended; sign in again.'); return; }
+        } catch (_) { /* unreachable: try the stream again */ }
+        if (state.me) startLive();
+      }, 5000);
     }
   });
   es.addEventListener('device', (m) => {
@@ -243,6 +249,11 @@ function stopLive() {
 
 // ---------------------------------------------------------------- router
 
+function leavePage() {
+  if (state.page && state.page.onLeave) state.page.onLeave();
+  state.page = null;
+}
+
 function route() {
   const hash = location.hash.replace(/^#\/?/, '');
   const [view, ...rest] = hash.split('/');
@@ -255,7 +266,7 @@ async function render() {
   for (const a of document.querySelectorAll('#nav a')) {
     a.classList.toggle('active', a.dataset.view === view || (view === 'device' && a.dataset.view === 'devices'));
   }
-  state.page = null;
+  leavePage();
   const main = clear($('main'));
   if (!state.tenant) {
     main.appendChild(h('div', { class: 'panel empty', text: 'You are not bound to any tenant. Ask an administrator for access.' }));
@@ -513,7 +524,10 @@ async function renderDevice(main, id) {
   });
   await loadHistory();
 
+  // Disk and network come with the history: reload it every minute.
+  const refresh = setInterval(() => loadHistory().catch(() => {}), 60000);
   state.page = {
+    onLeave: () => clearInterval(refresh),
     onResize: drawAll,
     onDevice: (dv, e) => {
       if (dv.device !== d.id) return;
