@@ -2,7 +2,8 @@
 //! DevTools protocol) against a real platform and a real enrolled `wegweiser-agent` process:
 //! an Admin logs in, sees the agent in the list go online live, sees its charts gain points,
 //! pings it and sees the answer; a Viewer gets no command form. Every request the page makes
-//! goes to the control plane's origin, and neither 1280×800 nor a 390 px phone screen overflows
+//! goes to the control plane's origin, the page breaks no rule of its Content-Security-Policy
+//! and throws no script error, and neither 1280×800 nor a 390 px phone screen overflows
 //! sideways. Screenshots land in `target/test-artifacts/dashboard/`.
 //!
 //! Chromium trusts exactly the control plane's key (`--ignore-certificate-errors-spki-list`
@@ -310,6 +311,17 @@ async fn the_dashboard_shows_a_live_agent_and_commands_it() {
         }
     });
 
+    // Content-Security-Policy violations and script errors are collected from the start.
+    page.evaluate_on_new_document(
+        "window.__problems = []; \
+         document.addEventListener('securitypolicyviolation', e => \
+           window.__problems.push('CSP ' + e.violatedDirective + ' ' + e.blockedURI)); \
+         window.addEventListener('error', e => window.__problems.push('error ' + e.message)); \
+         window.addEventListener('unhandledrejection', e => \
+           window.__problems.push('rejection ' + String(e.reason)));",
+    )
+    .await
+    .unwrap();
     // The shell is public; the data is not: the login form comes first.
     page.goto(format!("{base}/")).await.unwrap();
     login(&page, "admin").await;
@@ -522,6 +534,13 @@ async fn the_dashboard_shows_a_live_agent_and_commands_it() {
     .await;
     assert_eq!(status, 403, "the server refuses a Viewer's command");
     screenshot(&page, "device-viewer-1280", DESKTOP).await;
+
+    // The page kept to its Content-Security-Policy and threw nothing.
+    assert_eq!(
+        eval(&page, "window.__problems").await,
+        serde_json::json!([]),
+        "CSP violations or script errors"
+    );
 
     // Every request went to the control plane.
     let all = requests.lock().unwrap().clone();
