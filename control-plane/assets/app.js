@@ -671,8 +671,8 @@ async function renderAudit(main) {
       return h('tr', {},
         h('td', { text: typeof t === 'number' ? when(t) : String(t || '–') }),
         h('td', { class: 'wrap', text: String(pick(a, 'actor', 'user') || '–') }),
-        h('td', { text: String(pick(a, 'action', 'event') || '–') }),
-        h('td', { class: 'hide-sm wrap mono', text: String(pick(a, 'device', 'target', 'object') || '') }),
+        h('td', { text: String(pick(a, 'kind', 'action', 'event') || '–') }),
+        h('td', { class: 'hide-sm wrap mono', text: String(pick(a, 'device', 'target', 'object', 'tenant') || '') }),
         h('td', { text: String(pick(a, 'outcome', 'result') || '') }));
     })))));
 }
