@@ -132,17 +132,28 @@ impl DeviceIndex {
         .await?;
         let js = async_nats::jetstream::new(client.clone());
         // Opened (created when missing) rather than looked up: the ingest task that creates it
-        // may start after the index, which would then never see a heartbeat.
-        if let Ok((_, latest)) = crate::ingest::open(
-            &js,
-            auth.config().telemetry_retention_days,
-            auth.config().kv_replicas,
-        )
-        .await
-        {
-            Self::follow(&index, &client, &latest, "*.*.hb", Self::apply_seen).await?;
-            Self::follow(&index, &client, &latest, "*.*.met", Self::apply_metrics).await?;
-        }
+        // may start after the index, which would then never see a heartbeat. The two may also
+        // create it at the same moment: the loser tries again and finds it.
+        let mut tries = 0;
+        let latest = loop {
+            match crate::ingest::open(
+                &js,
+                auth.config().telemetry_retention_days,
+                auth.config().kv_replicas,
+            )
+            .await
+            {
+                Ok((_, latest)) => break latest,
+                Err(e) if tries < 50 => {
+                    tracing::debug!(error = %e, "The latest-report bucket is not ready yet.");
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        Self::follow(&index, &client, &latest, "*.*.hb", Self::apply_seen).await?;
+        Self::follow(&index, &client, &latest, "*.*.met", Self::apply_metrics).await?;
         Ok(index)
     }
 

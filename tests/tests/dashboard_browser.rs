@@ -355,13 +355,28 @@ async fn the_dashboard_shows_a_live_agent_and_commands_it() {
     // The agent starts; the row turns online without a reload (pushed over the live stream).
     eval(&page, "window.__sameDocument = true; window.__ev = 0; state.live.addEventListener('device', () => window.__ev++)").await;
     let _agent = Running::start(&state);
-    wait_for(
-        &page,
-        &format!("{row}.querySelector('[data-status]').dataset.status === 'online'"),
-        Duration::from_secs(30),
-        "the agent going online",
-    )
-    .await;
+    let online = format!("{row}.querySelector('[data-status]').dataset.status === 'online'");
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while eval(&page, &online).await != true {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
+            let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+            let hb = p
+                .auth
+                .latest(
+                    &tenant,
+                    &device,
+                    wegweiser_shared::telemetry::Kind::Heartbeat,
+                )
+                .await;
+            panic!(
+                "the agent never showed online; latest heartbeat stored: {:?}; page: {}; agent log (newest first):\n{tail}",
+                hb.map(|l| l.map(|l| l.received_at)),
+                eval(&page, "document.body.innerText").await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     wait_for(
         &page,
         &format!("{row}.querySelector('.num').textContent.includes('%')"),
