@@ -16,6 +16,7 @@ const state = {
   devices: new Map(), // id -> latest view (list rows and live events)
   list: { q: '', online: '', os: '', sort: 'hostname', order: 'asc', cursors: [], after: null },
   page: null, // the current view's live hooks
+  renderSeq: 0,
 };
 
 // ---------------------------------------------------------------- DOM helpers
@@ -262,6 +263,8 @@ function route() {
 
 async function render() {
   if (!state.me) return;
+  // Renders overlap (a hash change while a view still loads): only the latest one shows.
+  const seq = ++state.renderSeq;
   const { view, arg } = route();
   for (const a of document.querySelectorAll('#nav a')) {
     a.classList.toggle('active', a.dataset.view === view || (view === 'device' && a.dataset.view === 'devices'));
@@ -272,15 +275,25 @@ async function render() {
     main.appendChild(h('div', { class: 'panel empty', text: 'You are not bound to any tenant. Ask an administrator for access.' }));
     return;
   }
+  const box = h('div', { class: 'view' });
+  let page = null;
   try {
-    if (view === 'devices') await renderDevices(main);
-    else if (view === 'device') await renderDevice(main, arg);
-    else if (view === 'audit') await renderAudit(main);
-    else await renderOverview(main);
+    if (view === 'devices') page = await renderDevices(box);
+    else if (view === 'device') page = await renderDevice(box, arg);
+    else if (view === 'audit') page = await renderAudit(box);
+    else page = await renderOverview(box);
   } catch (e) {
     if (e.status === 401) return;
-    clear(main).appendChild(h('div', { class: 'panel error', text: e.status === 404 ? 'Not found.' : 'Could not load this page: ' + e.message }));
+    clear(box).appendChild(h('div', { class: 'panel error', text: e.status === 404 ? 'Not found.' : 'Could not load this page: ' + e.message }));
   }
+  if (seq !== state.renderSeq) {
+    if (page && page.onLeave) page.onLeave();
+    return;
+  }
+  main.appendChild(box);
+  state.page = page || null;
+  // Charts are drawn to the size they get once shown.
+  if (page && page.onResize) page.onResize();
 }
 
 // ---------------------------------------------------------------- overview
@@ -313,7 +326,7 @@ async function renderOverview(main) {
   );
   main.lastChild.classList.add('spaced');
   let timer = null;
-  state.page = {
+  return {
     onDevice: () => {
       // Counts change with presence: refresh, at most every 10 seconds.
       if (timer) return;
@@ -412,7 +425,7 @@ async function renderDevices(main) {
     load().catch(showListError);
   });
   await load();
-  state.page = {
+  return {
     onDevice: (d) => {
       const row = body.querySelector('tr[data-device="' + CSS.escape(d.device) + '"]');
       if (row) row.replaceWith(deviceRow(d));
@@ -526,7 +539,7 @@ async function renderDevice(main, id) {
 
   // Disk and network come with the history: reload it every minute.
   const refresh = setInterval(() => loadHistory().catch(() => {}), 60000);
-  state.page = {
+  return {
     onLeave: () => clearInterval(refresh),
     onResize: drawAll,
     onDevice: (dv, e) => {

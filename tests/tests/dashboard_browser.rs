@@ -487,6 +487,14 @@ async fn the_dashboard_shows_a_live_agent_and_commands_it() {
     // A phone-width screen.
     set_viewport(&page, PHONE.0, PHONE.1, PHONE.2).await;
     eval(&page, "location.hash = '#/devices'").await;
+    // The list keeps its search across views: clear it.
+    wait_for(
+        &page,
+        "!!document.getElementById('search')",
+        Duration::from_secs(15),
+        "the device list at phone width",
+    )
+    .await;
     eval(&page, "document.getElementById('search').value = ''; document.getElementById('search').dispatchEvent(new Event('input'))").await;
     wait_for(
         &page,
