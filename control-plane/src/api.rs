@@ -109,8 +109,14 @@ pub(crate) fn device_target(d: &DeviceRecord) -> Target {
 /// In-memory index of devices and their presence, fed by KV watches.
 #[derive(Debug, Default)]
 pub struct DeviceIndex {
-    devices: RwLock<BTreeMap<(String, String), DeviceRecord>>,
-    last_seen: RwLock<HashMap<(TenantId, DeviceId), i64>>,
+    pub(crate) devices: RwLock<BTreeMap<(String, String), DeviceRecord>>,
+    pub(crate) last_seen: RwLock<HashMap<(TenantId, DeviceId), i64>>,
+    /// The latest CPU and memory use per device (see [`crate::api_live`]).
+    pub(crate) summary: RwLock<HashMap<(TenantId, DeviceId), crate::api_live::Summary>>,
+    /// Presence and metrics changes, for the live streams.
+    pub(crate) changes: crate::api_live::Changes,
+    /// Open live streams per user.
+    pub(crate) streams: crate::api_live::Streams,
 }
 
 impl DeviceIndex {
@@ -126,13 +132,30 @@ impl DeviceIndex {
             Self::apply_device,
         )
         .await?;
-        // Opened (created on a fresh install) here too: the ingest that also creates it starts
-        // concurrently, and an index that found no bucket would never learn presence.
         let js = async_nats::jetstream::new(client.clone());
-        let cfg = auth.config();
-        let (_, latest) =
-            crate::ingest::open(&js, cfg.telemetry_retention_days, cfg.kv_replicas).await?;
+        // Opened (created when missing) rather than looked up: the ingest task that creates it
+        // may start after the index, which would then never see a heartbeat. The two may also
+        // create it at the same moment: the loser tries again and finds it.
+        let mut tries = 0;
+        let latest = loop {
+            match crate::ingest::open(
+                &js,
+                auth.config().telemetry_retention_days,
+                auth.config().kv_replicas,
+            )
+            .await
+            {
+                Ok((_, latest)) => break latest,
+                Err(e) if tries < 50 => {
+                    tracing::debug!(error = %e, "The latest-report bucket is not ready yet.");
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Self::follow(&index, &client, &latest, "*.*.hb", Self::apply_seen).await?;
+        Self::follow(&index, &client, &latest, "*.*.met", Self::apply_metrics).await?;
         Ok(index)
     }
 
@@ -190,7 +213,7 @@ impl DeviceIndex {
         Ok(updates)
     }
 
-    fn apply_device(&self, key: &str, value: Option<&bytes::Bytes>) {
+    pub(crate) fn apply_device(&self, key: &str, value: Option<&bytes::Bytes>) {
         let Some((t, d)) = key.split_once('.') else {
             return;
         };
@@ -209,7 +232,7 @@ impl DeviceIndex {
         }
     }
 
-    fn apply_seen(&self, key: &str, value: Option<&bytes::Bytes>) {
+    pub(crate) fn apply_seen(&self, key: &str, value: Option<&bytes::Bytes>) {
         let Some(value) = value else {
             return;
         };
@@ -224,12 +247,16 @@ impl DeviceIndex {
             self.last_seen
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert((t, d), l.received_at);
+                .insert((t.clone(), d.clone()), l.received_at);
+            self.changes.send(t, d);
         }
     }
 
     /// A page of `tenant`'s devices that `who` may read and that match `q`, after `q.after`.
     pub fn page(&self, who: &Principal, tenant: &TenantId, q: &DeviceQuery) -> Page<DeviceView> {
+        if q.sort.as_deref().is_some_and(|s| s != "id") || q.order.as_deref() == Some("desc") {
+            return crate::api_live::sorted_page(self, who, tenant, q);
+        }
         let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
         let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
         let seen = self.last_seen.read().unwrap_or_else(|e| e.into_inner());
@@ -241,6 +268,7 @@ impl DeviceIndex {
         let mut items = Vec::with_capacity(limit);
         let mut more = false;
         let needle = q.q.as_deref().map(str::to_lowercase);
+        let summary = self.summary.read().unwrap_or_else(|e| e.into_inner());
         for ((tn, _), d) in devices.range((start, std::ops::Bound::Unbounded)) {
             if tn != tenant.as_str() {
                 break;
@@ -248,16 +276,7 @@ impl DeviceIndex {
             if rbac::authorize(who, Action::Read, &device_target(d)) != Decision::Allow {
                 continue;
             }
-            if q.organization
-                .as_ref()
-                .is_some_and(|o| d.organization.as_ref() != Some(o))
-                || q.group
-                    .as_ref()
-                    .is_some_and(|g| d.group.as_ref() != Some(g))
-                || needle
-                    .as_ref()
-                    .is_some_and(|n| !d.facts.hostname.to_lowercase().contains(n.as_str()))
-            {
+            if !crate::api_live::matches(d, q, needle.as_deref()) {
                 continue;
             }
             let last = seen.get(&(d.tenant.clone(), d.id.clone())).copied();
@@ -269,7 +288,8 @@ impl DeviceIndex {
                 more = true;
                 break;
             }
-            items.push(DeviceView::of(d, last, online));
+            let s = summary.get(&(d.tenant.clone(), d.id.clone()));
+            items.push(DeviceView::of(d, last, online).with_summary(s));
         }
         let next = if more {
             items.last().map(|d: &DeviceView| d.id.clone())
@@ -330,8 +350,14 @@ pub struct DeviceQuery {
     pub group: Option<String>,
     /// Only online (`true`) or offline (`false`) devices.
     pub online: Option<bool>,
-    /// Host name contains this (case-insensitive).
+    /// Host name or id contains this (case-insensitive).
     pub q: Option<String>,
+    /// Only this OS family (`linux`, `windows`, `macos`).
+    pub os: Option<String>,
+    /// Sort by `id` (default), `hostname`, `last_seen`, `cpu` or `mem`.
+    pub sort: Option<String>,
+    /// `asc` (default) or `desc`.
+    pub order: Option<String>,
     /// Page size (1–500, default 100).
     pub limit: Option<usize>,
     /// The `next` of the previous page.
@@ -361,6 +387,12 @@ pub struct DeviceView {
     pub last_seen: Option<i64>,
     /// Heartbeat within the last 90 s.
     pub online: bool,
+    /// CPU use of the latest metrics, percent of all cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f32>,
+    /// Memory use of the latest metrics, percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem: Option<f32>,
 }
 
 impl DeviceView {
@@ -380,6 +412,8 @@ impl DeviceView {
             enrolled_at: d.enrolled_at,
             last_seen,
             online,
+            cpu: None,
+            mem: None,
         }
     }
 }
@@ -555,7 +589,7 @@ pub async fn get_tenant(
 /// `GET /v1/tenants/{tenant}/devices`: filtered to the caller's scopes, paginated.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/devices",
     params(("tenant" = String, Path), DeviceQuery),
-    responses((status = 200, body = Page<DeviceView>), (status = 404, body = ErrorView)))]
+    responses((status = 200, body = Page<DeviceView>), (status = 400, body = ErrorView), (status = 404, body = ErrorView)))]
 pub async fn list_devices(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -566,6 +600,7 @@ pub async fn list_devices(
     if !rbac::sees_tenant(&who, &tenant) {
         return Err(not_found());
     }
+    crate::api_live::check_query(&q)?;
     Ok(Json(s.devices.page(&who, &tenant, &q)))
 }
 
@@ -604,7 +639,16 @@ pub async fn get_device(
         .get(&(d.tenant.clone(), d.id.clone()))
         .copied();
     let online = last.is_some_and(|l| now() - l <= ONLINE_WITHIN_SECS);
-    Ok(Json(DeviceView::of(&d, last, online)))
+    let s = s
+        .devices
+        .summary
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(d.tenant.clone(), d.id.clone()))
+        .copied();
+    Ok(Json(
+        DeviceView::of(&d, last, online).with_summary(s.as_ref()),
+    ))
 }
 
 /// `POST /v1/tenants/{tenant}/devices/{device}/revoke`: disconnected at once, renewals refused.
@@ -940,14 +984,16 @@ pub async fn revoke_token(
 /// The generated OpenAPI document.
 #[derive(Debug, OpenApi)]
 #[openapi(
-    info(title = "Wegweiser control plane", description = "Tenants, organizations and groups, devices, signed commands and command keys. Every endpoint needs a session cookie (with X-CSRF-Token on changes) or a bearer API token."),
+    info(title = "Wegweiser control plane", description = "Tenants, organizations and groups, devices, signed commands and command keys, users, role bindings and audit queries, and what the dashboard reads. Every endpoint needs a session cookie (with X-CSRF-Token on changes) or a bearer API token."),
     paths(list_tenants, get_tenant, list_devices, get_device, revoke_device, send_command, list_tokens, create_token, revoke_token, get_keys, rotate_keys,
         crate::api_hierarchy::list_orgs, crate::api_hierarchy::create_org, crate::api_hierarchy::get_org, crate::api_hierarchy::patch_org, crate::api_hierarchy::delete_org,
         crate::api_hierarchy::list_groups, crate::api_hierarchy::create_group, crate::api_hierarchy::get_group, crate::api_hierarchy::patch_group, crate::api_hierarchy::delete_group,
-        crate::api_hierarchy::delete_device, crate::api_hierarchy::move_device),
+        crate::api_hierarchy::delete_device, crate::api_hierarchy::move_device,
+        crate::api_live::tenant_summary, crate::api_live::device_detail, crate::api_live::device_history, crate::api_live::live),
     components(schemas(Page<TenantView>, Page<DeviceView>, Page<TokenView>, TokenView, NewTokenBody, TenantView, DeviceView, CommandBody, CommandResponse, CommandOutcomeView, KeysView, KeyView, ErrorView,
         Page<crate::api_hierarchy::OrgView>, Page<crate::api_hierarchy::GroupView>, crate::api_hierarchy::OrgView, crate::api_hierarchy::GroupView,
-        crate::api_hierarchy::NewObjectBody, crate::api_hierarchy::RenameBody, crate::api_hierarchy::GroupPatchBody, crate::api_hierarchy::MoveDeviceBody))
+        crate::api_hierarchy::NewObjectBody, crate::api_hierarchy::RenameBody, crate::api_hierarchy::GroupPatchBody, crate::api_hierarchy::MoveDeviceBody,
+        crate::api_live::SummaryView, crate::api_live::OsCount, crate::api_live::DetailView, crate::api_live::HistoryView, crate::api_live::Point, crate::api_live::EventView, crate::api_live::LiveEvent))
 )]
 pub struct ApiDoc;
 

@@ -135,6 +135,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::web::auth_routes())
         .merge(crate::api::routes())
         .merge(crate::api_admin::routes())
+        .merge(crate::api_live::routes())
+        .merge(crate::dashboard::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod api_admin;
 pub mod api_hierarchy;
+pub mod api_live;
 pub mod audit;
 pub mod authority;
 pub mod blocker;
@@ -24,6 +25,7 @@ pub mod cli_hierarchy;
 pub mod cli_users;
 pub mod commands;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod enrollment;
 pub mod hierarchy;

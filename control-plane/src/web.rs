@@ -128,9 +128,12 @@ pub async fn security_headers(mut r: Response) -> Response {
             "max-age=31536000; includeSubDomains",
         ),
         (header::REFERRER_POLICY, "no-referrer"),
-        (header::CACHE_CONTROL, "no-store"),
     ] {
         h.insert(name, HeaderValue::from_static(value));
+    }
+    // The dashboard's static files set their own caching; everything else is never stored.
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     r
 }

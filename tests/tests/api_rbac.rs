@@ -217,6 +217,20 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
                 ),
                 ("GET", format!("/v1/tenants/{acme}/devices"), None, 200),
                 ("GET", format!("/v1/tenants/{acme}"), None, 200),
+                // The dashboard's reads.
+                (
+                    "GET",
+                    format!("/v1/tenants/{acme}/devices/{}/detail", dev.id),
+                    None,
+                    200,
+                ),
+                (
+                    "GET",
+                    format!("/v1/tenants/{acme}/devices/{}/history?range=1h", dev.id),
+                    None,
+                    200,
+                ),
+                ("GET", format!("/v1/tenants/{acme}/summary"), None, 200),
                 // Command the device.
                 (
                     "POST",
@@ -253,6 +267,20 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
                     404,
                 ),
                 ("GET", format!("/v1/tenants/{other}/tokens"), None, 404),
+                ("GET", format!("/v1/tenants/{other}/summary"), None, 404),
+                ("GET", format!("/v1/tenants/{other}/live"), None, 404),
+                (
+                    "GET",
+                    format!("/v1/tenants/{other}/devices/{}/detail", foreign.id),
+                    None,
+                    404,
+                ),
+                (
+                    "GET",
+                    format!("/v1/tenants/{other}/devices/{}/history", foreign.id),
+                    None,
+                    404,
+                ),
                 (
                     "POST",
                     format!("/v1/tenants/{other}/commands"),
@@ -666,6 +694,21 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
                 vec!["g1"]
             };
             assert_eq!(ids(&groups), want, "{who}: {groups:?}");
+            // The dashboard shows the command form exactly to the roles that may command.
+            let detail = call(
+                &p,
+                &tok,
+                "GET",
+                &format!("/v1/tenants/{acme}/devices/{}/detail", dev.id),
+                None,
+            )
+            .await;
+            let can = detail.body["can"].as_array().unwrap();
+            assert_eq!(
+                can.iter().any(|c| c == "command"),
+                at_least(Role::Technician),
+                "{who}: {can:?}"
+            );
             // The list shows only what the scope covers, and never the other tenant's device.
             let list = call(
                 &p,
@@ -684,7 +727,7 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
             assert_eq!(ids, vec![dev.id.as_str()], "{who}");
         }
     }
-    assert_eq!(checked, 4 * 4 * (31 + 24 + 1));
+    assert_eq!(checked, 4 * 4 * (31 + 24 + 1 + 7));
     // Global roles other than Admin: the platform is in view (403), not theirs to change.
     let global_viewer = token_for(
         &p,
