@@ -936,8 +936,8 @@ pub async fn revoke_token(
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "Wegweiser control plane", description = "Tenants, devices, signed commands and command keys. Every endpoint needs a session cookie (with X-CSRF-Token on changes) or a bearer API token."),
-    paths(list_tenants, get_tenant, list_devices, get_device, revoke_device, send_command, list_tokens, create_token, revoke_token, get_keys, rotate_keys),
-    components(schemas(Page<TenantView>, Page<DeviceView>, Page<TokenView>, TokenView, NewTokenBody, TenantView, DeviceView, CommandBody, CommandResponse, CommandOutcomeView, KeysView, KeyView, ErrorView))
+    paths(list_tenants, get_tenant, list_devices, get_device, revoke_device, send_command, list_tokens, create_token, revoke_token, get_keys, rotate_keys, crate::api_creds::create_creds),
+    components(schemas(Page<TenantView>, Page<DeviceView>, Page<TokenView>, TokenView, NewTokenBody, TenantView, DeviceView, CommandBody, CommandResponse, CommandOutcomeView, KeysView, KeyView, ErrorView, crate::api_creds::CredsBody, crate::api_creds::CredsView, crate::api_creds::CredsScope))
 )]
 pub struct ApiDoc;
 
@@ -965,6 +965,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/v1/tenants/{tenant}/tokens/{id}",
             axum::routing::delete(revoke_token),
+        )
+        .route(
+            "/v1/tenants/{tenant}/nats-credentials",
+            post(crate::api_creds::create_creds),
         )
         .route("/v1/keys", get(get_keys))
         .route("/v1/keys/rotate", post(rotate_keys))

@@ -87,6 +87,8 @@ pub enum Command {
     /// API tokens for automation (`Authorization: Bearer wgapi_…`).
     #[command(subcommand)]
     ApiToken(crate::cli_users::ApiTokenCommand),
+    /// Subscribe-only NATS credentials for a user, limited to the devices it may read.
+    Creds(crate::api_creds::CredsArgs),
     /// Revoke a user: its JWTs stop working and live connections are dropped at once.
     Revoke {
         /// Tenant id.
@@ -535,6 +537,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(a) => audit(&data_dir, a, json).await,
         Command::User(u) => crate::cli_users::user(&data_dir, u, json).await,
         Command::ApiToken(t) => crate::cli_users::api_token(&data_dir, t, json).await,
+        Command::Creds(c) => crate::api_creds::cli(&data_dir, c, json).await,
         Command::Revoke { tenant, user } => {
             let auth = Authority::open(&data_dir).await?;
             let at = auth.revoke(&tenant, &user).await?;

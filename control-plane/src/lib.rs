@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_creds;
 pub mod audit;
 pub mod authority;
 pub mod blocker;
