@@ -127,6 +127,21 @@ impl DeviceIndex {
         let js = async_nats::jetstream::new(client.clone());
         if let Ok(latest) = js.get_key_value(crate::ingest::LATEST_BUCKET).await {
             Self::follow(&index, &client, &latest, "*.*.hb", Self::apply_seen).await?;
+        } else {
+            // A fresh installation: the ingest creates the bucket; follow it once it exists.
+            let index = index.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let Ok(latest) = js.get_key_value(crate::ingest::LATEST_BUCKET).await
+                        && Self::follow(&index, &client, &latest, "*.*.hb", Self::apply_seen)
+                            .await
+                            .is_ok()
+                    {
+                        return;
+                    }
+                }
+            });
         }
         Ok(index)
     }
