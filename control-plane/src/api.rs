@@ -989,11 +989,13 @@ pub async fn revoke_token(
         crate::api_hierarchy::list_orgs, crate::api_hierarchy::create_org, crate::api_hierarchy::get_org, crate::api_hierarchy::patch_org, crate::api_hierarchy::delete_org,
         crate::api_hierarchy::list_groups, crate::api_hierarchy::create_group, crate::api_hierarchy::get_group, crate::api_hierarchy::patch_group, crate::api_hierarchy::delete_group,
         crate::api_hierarchy::delete_device, crate::api_hierarchy::move_device,
-        crate::api_live::tenant_summary, crate::api_live::device_detail, crate::api_live::device_history, crate::api_live::live),
+        crate::api_live::tenant_summary, crate::api_live::device_detail, crate::api_live::device_history, crate::api_live::live,
+        crate::api_creds::create_creds),
     components(schemas(Page<TenantView>, Page<DeviceView>, Page<TokenView>, TokenView, NewTokenBody, TenantView, DeviceView, CommandBody, CommandResponse, CommandOutcomeView, KeysView, KeyView, ErrorView,
         Page<crate::api_hierarchy::OrgView>, Page<crate::api_hierarchy::GroupView>, crate::api_hierarchy::OrgView, crate::api_hierarchy::GroupView,
         crate::api_hierarchy::NewObjectBody, crate::api_hierarchy::RenameBody, crate::api_hierarchy::GroupPatchBody, crate::api_hierarchy::MoveDeviceBody,
-        crate::api_live::SummaryView, crate::api_live::OsCount, crate::api_live::DetailView, crate::api_live::HistoryView, crate::api_live::Point, crate::api_live::EventView, crate::api_live::LiveEvent))
+        crate::api_live::SummaryView, crate::api_live::OsCount, crate::api_live::DetailView, crate::api_live::HistoryView, crate::api_live::Point, crate::api_live::EventView, crate::api_live::LiveEvent,
+        crate::api_creds::CredsBody, crate::api_creds::CredsView, crate::api_creds::CredsScope))
 )]
 pub struct ApiDoc;
 
@@ -1026,6 +1028,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/v1/tenants/{tenant}/tokens/{id}",
             axum::routing::delete(revoke_token),
+        )
+        .route(
+            "/v1/tenants/{tenant}/nats-credentials",
+            post(crate::api_creds::create_creds),
         )
         .route("/v1/keys", get(get_keys))
         .route("/v1/keys/rotate", post(rotate_keys))

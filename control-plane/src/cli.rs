@@ -99,6 +99,8 @@ pub enum Command {
     Logout,
     /// One authenticated API request (`wegweiser api GET /v1/tenants`); prints the JSON answer.
     Api(crate::cli_api::ApiArgs),
+    /// Subscribe-only NATS credentials for a user, limited to the devices it may read.
+    Creds(crate::api_creds::CredsArgs),
     /// Revoke a user: its JWTs stop working and live connections are dropped at once.
     Revoke {
         /// Tenant id.
@@ -584,6 +586,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Login(a) => blocking(move || crate::cli_api::login(a, json)).await,
         Command::Logout => blocking(move || crate::cli_api::logout(json)).await,
         Command::Api(a) => blocking(move || crate::cli_api::api(a)).await,
+        Command::Creds(c) => crate::api_creds::cli(&data_dir, c, json).await,
         Command::Revoke { tenant, user } => {
             let auth = Authority::open(&data_dir).await?;
             let at = auth.revoke(&tenant, &user).await?;

@@ -83,6 +83,16 @@ impl ApiError {
         }
     }
 
+    /// Its status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Its message.
+    pub fn message(&self) -> &str {
+        &self.body.message
+    }
+
     /// With a `Retry-After` header, seconds.
     pub fn retry_after(mut self, secs: i64) -> Self {
         self.retry_after = Some(secs);

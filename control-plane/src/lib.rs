@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod api_admin;
+pub mod api_creds;
 pub mod api_hierarchy;
 pub mod api_live;
 pub mod audit;

@@ -59,6 +59,30 @@ impl SimDevice {
     }
 
     /// Enrolls a device with the enrollment token `token` and connects it.
+    /// Enrolls into `org`/`group` of `tenant` (creating them when missing) with a single-use
+    /// token.
+    pub async fn enroll_in(
+        p: &Platform,
+        tenant: &TenantId,
+        org: &str,
+        group: &str,
+        machine: &str,
+    ) -> anyhow::Result<Self> {
+        p.place(tenant, org, Some(group)).await?;
+        let (tok, _) = p
+            .auth
+            .create_token(wegweiser_cp::enrollment::NewToken {
+                tenant: tenant.clone(),
+                organization: Some(org.into()),
+                group: Some(group.into()),
+                ttl_secs: None,
+                max_uses: Some(1),
+                label: "test".into(),
+            })
+            .await?;
+        Self::enroll_with(p, tok.expose(), machine).await
+    }
+
     pub async fn enroll_with(p: &Platform, token: &str, machine: &str) -> anyhow::Result<Self> {
         let tok = wegweiser_shared::secret::SecretString::new(token.to_owned());
         let kp = Arc::new(nkeys::KeyPair::new_user());

@@ -5,12 +5,11 @@
 #![allow(clippy::unwrap_used)]
 
 use wegweiser_cp::{
-    enrollment::NewToken,
     rbac::{Binding, Role, Scope},
     sessions::NewApiToken,
     users::{AuthConfig, Password},
 };
-use wegweiser_shared::{ids::TenantId, secret::SecretString};
+use wegweiser_shared::secret::SecretString;
 use wegweiser_tests::{HttpResponse, Platform, PlatformOptions, sim::SimDevice};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -59,31 +58,6 @@ async fn call(
         .unwrap()
 }
 
-async fn enroll_in(
-    p: &Platform,
-    tenant: &TenantId,
-    org: &str,
-    group: &str,
-    machine: &str,
-) -> SimDevice {
-    p.place(tenant, org, Some(group)).await.unwrap();
-    let (tok, _) = p
-        .auth
-        .create_token(NewToken {
-            tenant: tenant.clone(),
-            organization: Some(org.into()),
-            group: Some(group.into()),
-            ttl_secs: None,
-            max_uses: Some(1),
-            label: "test".into(),
-        })
-        .await
-        .unwrap();
-    SimDevice::enroll_with(p, tok.expose(), machine)
-        .await
-        .unwrap()
-}
-
 /// Waits until the operator's `GET path` answers `status` (the device index follows the store).
 async fn wait_for(p: &Platform, op: &str, path: &str, status: u16) {
     for _ in 0..200 {
@@ -110,9 +84,13 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
     let acme = p.tenant("acme").await.unwrap().id;
     let other = p.tenant("other").await.unwrap().id;
     let _tasks = p.serve().await.unwrap();
-    let dev = enroll_in(&p, &acme, "o1", "g1", "m1").await;
+    let dev = SimDevice::enroll_in(&p, &acme, "o1", "g1", "m1")
+        .await
+        .unwrap();
     let _serving = tokio::spawn(dev.clone().serve());
-    let foreign = enroll_in(&p, &other, "o1", "g1", "m2").await;
+    let foreign = SimDevice::enroll_in(&p, &other, "o1", "g1", "m2")
+        .await
+        .unwrap();
     // Siblings: an organization and a group outside the narrower scopes.
     p.place(&acme, "o2", Some("g2")).await.unwrap();
     p.place(&acme, "o1", Some("g1b")).await.unwrap();
@@ -639,7 +617,9 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
             // device enrolled for this, in the shared device's group), which a device scope
             // does not.
             if at_least(Role::Manager) {
-                let victim = enroll_in(&p, &acme, "o1", "g1", &format!("victim-{who}")).await;
+                let victim = SimDevice::enroll_in(&p, &acme, "o1", "g1", &format!("victim-{who}"))
+                    .await
+                    .unwrap();
                 let path = format!("/v1/tenants/{acme}/devices/{}", victim.id);
                 wait_for(&p, &op, &path, 200).await;
                 let r = call(&p, &tok, "DELETE", &path, None).await;
@@ -777,7 +757,9 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
     }
     // A second device in the same group: a technician scoped to the first device must not reach
     // it by commanding the whole group, even though it cannot see it.
-    let second = enroll_in(&p, &acme, "o1", "g1", "m3").await;
+    let second = SimDevice::enroll_in(&p, &acme, "o1", "g1", "m3")
+        .await
+        .unwrap();
     let _second_serving = tokio::spawn(second.clone().serve());
     for _ in 0..100 {
         if call(

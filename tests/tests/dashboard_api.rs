@@ -11,12 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 use wegweiser_cp::{
-    enrollment::NewToken,
     rbac::{Binding, Role, Scope},
     sessions::NewApiToken,
     users::{AuthConfig, Password},
 };
-use wegweiser_shared::{ids::TenantId, secret::SecretString};
+use wegweiser_shared::secret::SecretString;
 use wegweiser_tests::{HttpResponse, Platform, PlatformOptions, sim::SimDevice};
 
 async fn token_for(p: &Platform, user: &str, role: Role, scope: Scope) -> String {
@@ -49,25 +48,6 @@ async fn token_for(p: &Platform, user: &str, role: Role, scope: Scope) -> String
 async fn get(p: &Platform, token: &str, path: &str) -> HttpResponse {
     let auth = format!("Bearer {token}");
     p.request("GET", path, &[("authorization", auth.as_str())], None)
-        .await
-        .unwrap()
-}
-
-async fn enroll_in(p: &Platform, tenant: &TenantId, group: &str, machine: &str) -> SimDevice {
-    p.place(tenant, "o1", Some(group)).await.unwrap();
-    let (tok, _) = p
-        .auth
-        .create_token(NewToken {
-            tenant: tenant.clone(),
-            organization: Some("o1".into()),
-            group: Some(group.into()),
-            ttl_secs: None,
-            max_uses: Some(1),
-            label: "test".into(),
-        })
-        .await
-        .unwrap();
-    SimDevice::enroll_with(p, tok.expose(), machine)
         .await
         .unwrap()
 }
@@ -124,9 +104,15 @@ async fn the_dashboard_api_searches_sorts_summarises_and_streams_within_scope() 
     let acme = p.tenant("acme").await.unwrap().id;
     let other = p.tenant("other").await.unwrap().id;
     let _tasks = p.serve().await.unwrap();
-    let web = enroll_in(&p, &acme, "g1", "web-01").await;
-    let db = enroll_in(&p, &acme, "g2", "db-02").await;
-    let foreign = enroll_in(&p, &other, "g1", "web-09").await;
+    let web = SimDevice::enroll_in(&p, &acme, "o1", "g1", "web-01")
+        .await
+        .unwrap();
+    let db = SimDevice::enroll_in(&p, &acme, "o1", "g2", "db-02")
+        .await
+        .unwrap();
+    let foreign = SimDevice::enroll_in(&p, &other, "o1", "g1", "web-09")
+        .await
+        .unwrap();
     let op = token_for(&p, "op", Role::Admin, Scope::Global).await;
     let tech = token_for(
         &p,
