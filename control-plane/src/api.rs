@@ -661,7 +661,7 @@ pub async fn revoke_device(
     Path((tenant, device)): Path<(String, String)>,
 ) -> Result<Json<DeviceView>, ApiError> {
     let d = device_in_scope(&s, &who, Action::Manage, &tenant, &device)?;
-    let r = s.auth.revoke_device(&d.tenant, &d.id).await?;
+    let r = s.auth.revoke_device_as(&d.tenant, &d.id, &who.user).await?;
     Ok(Json(DeviceView::of(&r, None, false)))
 }
 
@@ -788,7 +788,7 @@ pub async fn rotate_keys(
     Extension(who): Extension<Principal>,
 ) -> Result<Json<KeysView>, ApiError> {
     guard(&who, Action::ManageKeys, &Target::Platform)?;
-    match s.auth.keys_rotate(&s.root_dir, None).await {
+    match s.auth.keys_rotate_as(&s.root_dir, None, &who.user).await {
         Ok(_) => get_keys(State(s), Extension(who)).await,
         Err(AuthorityError::Trust(m)) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", m)),
         Err(e) => Err(e.into()),
@@ -930,14 +930,17 @@ pub async fn create_token(
     )?;
     let (token, record) = s
         .auth
-        .create_token(crate::enrollment::NewToken {
-            tenant,
-            organization: body.organization,
-            group: body.group,
-            ttl_secs: body.ttl_secs,
-            max_uses: body.max_uses,
-            label: body.label,
-        })
+        .create_token_as(
+            crate::enrollment::NewToken {
+                tenant,
+                organization: body.organization,
+                group: body.group,
+                ttl_secs: body.ttl_secs,
+                max_uses: body.max_uses,
+                label: body.label,
+            },
+            &who.user,
+        )
         .await
         .map_err(|e| match e {
             AuthorityError::Store(m) if m.contains("slug") => bad_request(m),
@@ -977,7 +980,7 @@ pub async fn revoke_token(
         return Err(not_found());
     };
     guard(&who, Action::Manage, &token_place(&tenant, &record))?;
-    let r = s.auth.revoke_token(&tenant, &hash).await?;
+    let r = s.auth.revoke_token_as(&tenant, &hash, &who.user).await?;
     Ok(Json(TokenView::of(&hash, &r, None)))
 }
 

@@ -280,7 +280,10 @@ pub async fn delete_tenant(
 ) -> Result<StatusCode, ApiError> {
     let tenant = tenant_id(&tenant)?;
     tenant_guard(&who, &tenant)?;
-    s.auth.delete_tenant(&tenant).await.map_err(tenant_error)?;
+    s.auth
+        .delete_tenant_as(&tenant, &who.user)
+        .await
+        .map_err(tenant_error)?;
     let mut a = AuditEntry::new("tenant.delete", &who.user, "ok");
     a.tenant = Some(tenant.to_string());
     s.auth.audit().record(a).await;

@@ -994,6 +994,11 @@ impl Authority {
     /// Deletes a tenant: account removed from the resolver (live clients dropped), record and
     /// sealed secrets purged from the store.
     pub async fn delete_tenant(&self, id: &TenantId) -> Result<(), AuthorityError> {
+        self.delete_tenant_as(id, "cli").await
+    }
+
+    /// [`Authority::delete_tenant`], its report purge audited as done by `actor`.
+    pub async fn delete_tenant_as(&self, id: &TenantId, actor: &str) -> Result<(), AuthorityError> {
         let (mut record, rev) = self.tenant_entry(id).await?;
         record.state = TenantState::Deleting;
         let bytes = serde_json::to_vec(&record).map_err(store_err)?;
@@ -1003,7 +1008,7 @@ impl Authority {
             .await
             .map_err(store_err)?;
         // Its reports go first, while the record that names the account still exists.
-        self.purge_reports(id, None, "cli").await?;
+        self.purge_reports(id, None, actor).await?;
         // Then everything else kept under its id, so that a tenant created later under the
         // same id starts empty: devices, machine index, enrollment tokens, organizations and
         // groups.

@@ -235,6 +235,15 @@ impl Authority {
         &self,
         new: NewToken,
     ) -> Result<(SecretString, TokenRecord), AuthorityError> {
+        self.create_token_as(new, "cli").await
+    }
+
+    /// [`Authority::create_token`], audited as done by `actor`.
+    pub async fn create_token_as(
+        &self,
+        new: NewToken,
+        actor: &str,
+    ) -> Result<(SecretString, TokenRecord), AuthorityError> {
         self.signer(&new.tenant).await?;
         if !valid_scope(&new.organization) || !valid_scope(&new.group) {
             return Err(AuthorityError::Store(
@@ -289,7 +298,7 @@ impl Authority {
             .create(&hash, serde_json::to_vec(&rec).map_err(store_err)?.into())
             .await
             .map_err(store_err)?;
-        let mut a = AuditEntry::new("token.create", "cli", "ok");
+        let mut a = AuditEntry::new("token.create", actor, "ok");
         a.tenant = Some(rec.tenant.to_string());
         a.detail = serde_json::json!({"token": rec.id, "max_uses": rec.max_uses, "expires_at": rec.expires_at});
         self.inner.audit.record(a).await;
@@ -323,6 +332,16 @@ impl Authority {
         tenant: &TenantId,
         id: &str,
     ) -> Result<TokenRecord, AuthorityError> {
+        self.revoke_token_as(tenant, id, "cli").await
+    }
+
+    /// [`Authority::revoke_token`], audited as done by `actor`.
+    pub async fn revoke_token_as(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        actor: &str,
+    ) -> Result<TokenRecord, AuthorityError> {
         if id.len() < 12 {
             return Err(AuthorityError::Store(
                 "give at least the 12-character token id".into(),
@@ -344,7 +363,7 @@ impl Authority {
                 Ok(())
             })
             .await?;
-        let mut a = AuditEntry::new("token.revoke", "cli", "ok");
+        let mut a = AuditEntry::new("token.revoke", actor, "ok");
         a.tenant = Some(tenant.to_string());
         a.detail = serde_json::json!({"token": rec.id});
         self.inner.audit.record(a).await;
@@ -712,6 +731,16 @@ impl Authority {
         tenant: &TenantId,
         device: &DeviceId,
     ) -> Result<DeviceRecord, AuthorityError> {
+        self.revoke_device_as(tenant, device, "cli").await
+    }
+
+    /// [`Authority::revoke_device`], audited as done by `actor`.
+    pub async fn revoke_device_as(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        actor: &str,
+    ) -> Result<DeviceRecord, AuthorityError> {
         let record = loop {
             let Some((mut r, rev)) = self.device_entry(tenant, device).await? else {
                 return Err(AuthorityError::Store(format!(
@@ -737,7 +766,7 @@ impl Authority {
             // Its JWT may not have lapsed yet.
             self.revoke(tenant, previous).await?;
         }
-        let mut a = AuditEntry::new("device.revoke", "cli", "ok");
+        let mut a = AuditEntry::new("device.revoke", actor, "ok");
         a.tenant = Some(tenant.to_string());
         a.device = Some(device.to_string());
         self.inner.audit.record(a).await;

@@ -542,6 +542,16 @@ impl Authority {
         dir: &Path,
         grace_secs: Option<i64>,
     ) -> Result<TrustRecord, AuthorityError> {
+        self.keys_rotate_as(dir, grace_secs, "cli").await
+    }
+
+    /// [`Authority::keys_rotate`], audited as done by `actor`.
+    pub async fn keys_rotate_as(
+        &self,
+        dir: &Path,
+        grace_secs: Option<i64>,
+        actor: &str,
+    ) -> Result<TrustRecord, AuthorityError> {
         let (probe, _) = self.trust_record().await?;
         if probe.rotation.is_some() {
             return Err(trust_err(
@@ -570,7 +580,7 @@ impl Authority {
                 Ok(true)
             })
             .await?;
-        self.after_trust_change("keys.rotate", &rec).await;
+        self.after_trust_change("keys.rotate", actor, &rec).await;
         Ok(rec)
     }
 
@@ -613,7 +623,7 @@ impl Authority {
                 Ok(true)
             })
             .await?;
-        self.after_trust_change("keys.revoke", &rec).await;
+        self.after_trust_change("keys.revoke", "cli", &rec).await;
         Ok(rec)
     }
 
@@ -626,7 +636,7 @@ impl Authority {
                 Ok(true)
             })
             .await?;
-        self.after_trust_change("keys.resign", &rec).await;
+        self.after_trust_change("keys.resign", "cli", &rec).await;
         Ok(rec)
     }
 
@@ -690,13 +700,14 @@ impl Authority {
                 }
             }
         }
-        self.after_trust_change("keys.rotate_root", &rec).await;
+        self.after_trust_change("keys.rotate_root", "cli", &rec)
+            .await;
         Ok(rec)
     }
 
     /// Audits a trust change and pushes the new bundle to every device.
-    async fn after_trust_change(&self, kind: &str, rec: &TrustRecord) {
-        let mut a = AuditEntry::new(kind, "cli", "ok");
+    async fn after_trust_change(&self, kind: &str, actor: &str, rec: &TrustRecord) {
+        let mut a = AuditEntry::new(kind, actor, "ok");
         a.detail = serde_json::json!({
             "root_version": rec.root_version,
             "keyset_version": rec.keyset.version,
@@ -824,7 +835,8 @@ impl Authority {
                         })
                         .await?;
                     if changed {
-                        self.after_trust_change("keys.retire", &rec).await;
+                        self.after_trust_change("keys.retire", "service", &rec)
+                            .await;
                         done.push(format!("retired {old}"));
                     }
                 }
@@ -846,7 +858,8 @@ impl Authority {
                             Ok(true)
                         })
                         .await?;
-                    self.after_trust_change("keys.resign", &rec).await;
+                    self.after_trust_change("keys.resign", "service", &rec)
+                        .await;
                     done.push(format!(
                         "keyset re-signed as version {}",
                         rec.keyset.version

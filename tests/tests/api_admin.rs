@@ -546,6 +546,43 @@ async fn tenants_users_bindings_and_tokens_over_the_api() {
         vec!["user.revoke_binding", "user.grant"],
         "newest first"
     );
+
+    // Changes made through the API are audited as done by the calling user, not as the CLI.
+    let r = call(
+        &p,
+        op,
+        "POST",
+        &format!("/v1/tenants/{acme}/tokens"),
+        Some(serde_json::json!({"max_uses": 1})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let r = call(
+        &p,
+        op,
+        "DELETE",
+        &format!("/v1/tenants/{acme}/tokens/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = call(&p, op, "POST", "/v1/keys/rotate", None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for (path, kind) in [
+        (format!("/v1/tenants/{acme}/audit"), "token.create"),
+        (format!("/v1/tenants/{acme}/audit"), "token.revoke"),
+        ("/v1/audit".to_owned(), "keys.rotate"),
+    ] {
+        let r = call(&p, op, "GET", &format!("{path}?kind={kind}"), None).await;
+        let actors: Vec<&str> = r.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["actor"].as_str().unwrap())
+            .collect();
+        assert_eq!(actors, vec!["op"], "{kind}: {r:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
