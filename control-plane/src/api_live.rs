@@ -779,8 +779,9 @@ fn downsample<'a>(reports: impl Iterator<Item = &'a Report>, from: i64, step: i6
         } else {
             used as f64 * 100.0 / total as f64
         };
-        a.rx += m.network.iter().map(|n| n.rx_bps).sum::<u64>();
-        a.tx += m.network.iter().map(|n| n.tx_bps).sum::<u64>();
+        let external = || m.network.iter().filter(|n| !is_loopback(&n.name));
+        a.rx += external().map(|n| n.rx_bps).sum::<u64>();
+        a.tx += external().map(|n| n.tx_bps).sum::<u64>();
     }
     buckets
         .into_iter()
@@ -1003,6 +1004,16 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/tenants/{tenant}/live", get(live))
 }
 
+/// A loopback interface (`lo` on Linux, `lo0` elsewhere, Windows' "Loopback Pseudo-Interface"):
+/// left out of the network chart, whose traffic never leaves the device.
+fn is_loopback(name: &str) -> bool {
+    name == "lo"
+        || name
+            .strip_prefix("lo")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        || name.starts_with("Loopback")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1055,7 +1066,8 @@ mod tests {
         assert!((points[0].cpu - 4.5).abs() < 0.01, "{:?}", points[0]);
         assert_eq!(points[0].mem, 50.0);
         assert_eq!(points[0].disk, 30.0);
-        assert_eq!((points[0].rx, points[0].tx), (101, 11));
+        // Loopback traffic (the device talking to itself) is not network traffic.
+        assert_eq!((points[0].rx, points[0].tx), (100, 10));
         // Gaps stay gaps.
         let sparse = [
             report(from, &metrics(1.0, 1, 1)),
