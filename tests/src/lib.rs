@@ -664,3 +664,38 @@ pub fn https_client(ca: &Path) -> ureq::Agent {
         .build()
         .into()
 }
+
+/// The password of every user [`user_token`] creates.
+pub const TEST_PASSWORD: &str = "correct horse battery staple";
+
+/// Creates `user` with these bindings and the password [`TEST_PASSWORD`], and returns an API
+/// token of it (1 h); panics on failure.
+pub async fn user_token(
+    p: &Platform,
+    user: &str,
+    bindings: Vec<wegweiser_cp::rbac::Binding>,
+) -> String {
+    let name: wegweiser_shared::ids::UserName = user.parse().expect("a valid user name");
+    let password = wegweiser_cp::users::Password::new(wegweiser_shared::secret::SecretString::new(
+        TEST_PASSWORD.into(),
+    ))
+    .expect("the test password is strong enough");
+    p.auth
+        .create_user(&name, &password, bindings, "test")
+        .await
+        .expect("user created");
+    let (token, _) = p
+        .auth
+        .create_api_token(
+            wegweiser_cp::sessions::NewApiToken {
+                owner: name,
+                label: String::new(),
+                bindings: None,
+                ttl_secs: 3600,
+            },
+            "test",
+        )
+        .await
+        .expect("API token created");
+    token.expose().to_owned()
+}

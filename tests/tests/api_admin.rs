@@ -7,13 +7,12 @@ use std::{path::PathBuf, process::Output};
 use wegweiser_cp::{
     audit::AuditEntry,
     rbac::{Binding, Role, Scope},
-    sessions::NewApiToken,
-    users::{AuthConfig, Password},
+    users::AuthConfig,
 };
-use wegweiser_shared::secret::SecretString;
+use wegweiser_tests::user_token as token_for;
 use wegweiser_tests::{HttpResponse, Platform, PlatformOptions};
 
-const PASSWORD: &str = "correct horse battery staple";
+const PASSWORD: &str = wegweiser_tests::TEST_PASSWORD;
 
 async fn setup() -> (Platform, wegweiser_cp::cli::ServiceTasks) {
     let p = Platform::start_with(PlatformOptions {
@@ -32,34 +31,6 @@ async fn setup() -> (Platform, wegweiser_cp::cli::ServiceTasks) {
     .unwrap();
     let tasks = p.serve().await.unwrap();
     (p, tasks)
-}
-
-/// A user with these bindings and an API token of it.
-async fn token_for(p: &Platform, user: &str, bindings: Vec<Binding>) -> String {
-    let name = user.parse().unwrap();
-    p.auth
-        .create_user(
-            &name,
-            &Password::new(SecretString::new(PASSWORD.into())).unwrap(),
-            bindings,
-            "test",
-        )
-        .await
-        .unwrap();
-    let (token, _) = p
-        .auth
-        .create_api_token(
-            NewApiToken {
-                owner: name,
-                label: String::new(),
-                bindings: None,
-                ttl_secs: 3600,
-            },
-            "test",
-        )
-        .await
-        .unwrap();
-    token.expose().to_owned()
 }
 
 fn global_admin() -> Binding {

@@ -6,40 +6,10 @@
 
 use wegweiser_cp::{
     rbac::{Binding, Role, Scope},
-    sessions::NewApiToken,
-    users::{AuthConfig, Password},
+    users::AuthConfig,
 };
-use wegweiser_shared::secret::SecretString;
+use wegweiser_tests::user_token as token_for;
 use wegweiser_tests::{HttpResponse, Platform, PlatformOptions, sim::SimDevice};
-
-const PASSWORD: &str = "correct horse battery staple";
-
-async fn token_for(p: &Platform, user: &str, bindings: Vec<Binding>) -> String {
-    let name = user.parse().unwrap();
-    p.auth
-        .create_user(
-            &name,
-            &Password::new(SecretString::new(PASSWORD.into())).unwrap(),
-            bindings,
-            "test",
-        )
-        .await
-        .unwrap();
-    let (token, _) = p
-        .auth
-        .create_api_token(
-            NewApiToken {
-                owner: name,
-                label: String::new(),
-                bindings: None,
-                ttl_secs: 3600,
-            },
-            "test",
-        )
-        .await
-        .unwrap();
-    token.expose().to_owned()
-}
 
 async fn call(
     p: &Platform,

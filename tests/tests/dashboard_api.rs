@@ -12,37 +12,12 @@ use std::{
 };
 use wegweiser_cp::{
     rbac::{Binding, Role, Scope},
-    sessions::NewApiToken,
-    users::{AuthConfig, Password},
+    users::AuthConfig,
 };
-use wegweiser_shared::secret::SecretString;
 use wegweiser_tests::{HttpResponse, Platform, PlatformOptions, sim::SimDevice};
 
 async fn token_for(p: &Platform, user: &str, role: Role, scope: Scope) -> String {
-    let name = user.parse().unwrap();
-    p.auth
-        .create_user(
-            &name,
-            &Password::new(SecretString::new("correct horse battery staple".into())).unwrap(),
-            vec![Binding { role, scope }],
-            "test",
-        )
-        .await
-        .unwrap();
-    let (token, _) = p
-        .auth
-        .create_api_token(
-            NewApiToken {
-                owner: name,
-                label: String::new(),
-                bindings: None,
-                ttl_secs: 3600,
-            },
-            "test",
-        )
-        .await
-        .unwrap();
-    token.expose().to_owned()
+    wegweiser_tests::user_token(p, user, vec![Binding { role, scope }]).await
 }
 
 async fn get(p: &Platform, token: &str, path: &str) -> HttpResponse {

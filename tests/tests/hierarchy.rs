@@ -12,16 +12,15 @@ use wegweiser_cp::{
     enrollment::TokenRecord,
     ingest::TELEMETRY_STREAM,
     rbac::{Binding, Role, Scope},
-    sessions::NewApiToken,
-    users::{AuthConfig, Password},
+    users::AuthConfig,
 };
 use wegweiser_shared::{
     enroll::{EnrollResponse, RenewRequest},
     ids::{DeviceId, TenantId},
-    secret::SecretString,
     subject::{self, Token},
     telemetry::{Kind, TELEMETRY_TOKEN, message_id},
 };
+use wegweiser_tests::user_token as token_for;
 use wegweiser_tests::{HttpResponse, Platform, PlatformOptions, UserConn};
 
 async fn start() -> Platform {
@@ -35,33 +34,6 @@ async fn start() -> Platform {
     })
     .await
     .unwrap()
-}
-
-async fn token_for(p: &Platform, user: &str, bindings: Vec<Binding>) -> String {
-    let name = user.parse().unwrap();
-    p.auth
-        .create_user(
-            &name,
-            &Password::new(SecretString::new("correct horse battery staple".into())).unwrap(),
-            bindings,
-            "test",
-        )
-        .await
-        .unwrap();
-    let (token, _) = p
-        .auth
-        .create_api_token(
-            NewApiToken {
-                owner: name,
-                label: String::new(),
-                bindings: None,
-                ttl_secs: 3600,
-            },
-            "test",
-        )
-        .await
-        .unwrap();
-    token.expose().to_owned()
 }
 
 fn at(role: Role, tenant: &TenantId) -> Vec<Binding> {

@@ -16,33 +16,15 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use wegweiser_cp::{
     audit::AuditQuery,
     rbac::{Binding, Role, Scope},
-    sessions::NewApiToken,
-    users::{AuthConfig, Password},
+    users::AuthConfig,
 };
 use wegweiser_shared::{
     command::{CommandResult, Outcome},
     ids::TenantId,
-    secret::SecretString,
     time::now,
 };
+use wegweiser_tests::user_token as token_for;
 use wegweiser_tests::{HttpResponse, Platform, PlatformOptions, collect, sim::SimDevice};
-
-async fn token_for(p: &Platform, user: &str, bindings: Vec<Binding>) -> String {
-    let name = user.parse().unwrap();
-    let password = Password::new(SecretString::new("correct horse battery staple".into()));
-    p.auth
-        .create_user(&name, &password.unwrap(), bindings, "test")
-        .await
-        .unwrap();
-    let new = NewApiToken {
-        owner: name,
-        label: String::new(),
-        bindings: None,
-        ttl_secs: 3600,
-    };
-    let (token, _) = p.auth.create_api_token(new, "test").await.unwrap();
-    token.expose().to_owned()
-}
 
 async fn call(p: &Platform, token: &str, method: &str, path: &str, body: &[u8]) -> HttpResponse {
     let auth = format!("Bearer {token}");
