@@ -150,13 +150,12 @@ pub async fn heartbeats(
     account: &wegweiser_shared::ids::AccountKey,
     device: &DeviceId,
 ) -> async_nats::Subscriber {
-    let sub = p
-        .auth
-        .cp_client()
-        .subscribe(format!("wg.{account}.up.{device}.tel.hb"))
+    let subject = format!("wg.{account}.up.{device}.tel.hb");
+    let sub = p.auth.cp_client().subscribe(subject.clone()).await.unwrap();
+    p.auth.cp_client().flush().await.unwrap();
+    p.wait_subscribed(p.auth.cp_account(), &[subject])
         .await
         .unwrap();
-    p.auth.cp_client().flush().await.unwrap();
     sub
 }
 

@@ -253,6 +253,56 @@ impl Platform {
         self.dir.path().join("data")
     }
 
+    /// Waits until nats-server has registered a subscription on each of `subjects` (exactly as
+    /// subscribed) in `account`. `Client::flush` only writes the SUB to the socket: a publish
+    /// from another connection can be processed before it and is then lost for that subscriber.
+    /// Asks the server itself, through the system account's connection listing.
+    pub async fn wait_subscribed(
+        &self,
+        account: &wegweiser_shared::ids::AccountKey,
+        subjects: &[String],
+    ) -> anyhow::Result<()> {
+        let keys = Arc::new(wegweiser_cp::identity::PlatformKeys::load(
+            &wegweiser_cp::authority::keystore(&self.data_dir())?,
+        )?);
+        let sys = wegweiser_cp::authority::connect_service(
+            self.auth.config(),
+            keys,
+            wegweiser_cp::identity::ServiceUser::Inspect,
+        )
+        .await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = sys
+                .request(
+                    wegweiser_shared::subject::sys::account_connz(account),
+                    r#"{"subscriptions":true,"limit":4096}"#.into(),
+                )
+                .await?;
+            let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+            let registered: std::collections::BTreeSet<&str> = v["data"]["connections"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c["subscriptions_list"].as_array().into_iter().flatten())
+                .filter_map(|s| s.as_str())
+                .collect();
+            let missing: Vec<&String> = subjects
+                .iter()
+                .filter(|s| !registered.contains(s.as_str()))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "nats-server never registered subscriptions on {missing:?} in {account}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Connects a user of the control-plane account with exactly these publish and subscribe
     /// permissions, signed by that account's signing key from the keystore. Stands for a
     /// compromised or misconfigured service with publish rights on device subjects in tests,

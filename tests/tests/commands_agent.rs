@@ -102,6 +102,9 @@ async fn the_agent_runs_signed_commands_once_and_refuses_everything_else() {
         .await
         .unwrap();
     intruder.client.flush().await.unwrap();
+    p.wait_subscribed(p.auth.cp_account(), std::slice::from_ref(&cmd_subject))
+        .await
+        .unwrap();
 
     // Commands run and answer.
     let r = send(&p, &tenant, &device, Command::Ping {}).await;

@@ -111,6 +111,9 @@ async fn enrollment_issues_a_working_device_identity() {
         .await
         .unwrap();
     p.auth.cp_client().flush().await.unwrap();
+    p.wait_subscribed(p.auth.cp_account(), &[subject::EXPORT_UP.to_owned()])
+        .await
+        .unwrap();
     let acc = account.parse().unwrap();
     conn.client
         .publish(

@@ -147,6 +147,22 @@ async fn tenants_and_devices_are_isolated() {
             ));
         }
     }
+    // The allowed subscriptions are in place at the server (the forbidden ones never will be).
+    p.wait_subscribed(
+        p.auth.cp_account(),
+        &[subject::EXPORT_UP.to_owned(), "wg.*.up.*.echo".to_owned()],
+    )
+    .await
+    .unwrap();
+    for tn in &tenants {
+        let mut allowed: Vec<String> = tn
+            .devices
+            .iter()
+            .map(|d| subject::down_all(&tn.account, &d.id))
+            .collect();
+        allowed.push(subject::up_all(&tn.account, &tn.devices[0].id));
+        p.wait_subscribed(&tn.account, &allowed).await.unwrap();
+    }
     settle().await;
 
     // Forbidden publishes.

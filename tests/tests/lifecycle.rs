@@ -546,7 +546,12 @@ async fn technician_creds_load_in_async_nats_and_plaintext_is_refused() {
         .await
         .unwrap();
     client.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    p.wait_subscribed(
+        &t.account,
+        &[subject::up_all(&t.account, &"watched".parse().unwrap())],
+    )
+    .await
+    .unwrap();
     dev.client
         .publish(
             subject::up(

@@ -99,7 +99,16 @@ async fn reports_are_acknowledged_watched_in_scope_and_purged_per_device() {
         .unwrap();
     all.flush().await.unwrap();
     only1.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Bob's refused subscription never registers; the two allowed ones must have.
+    p.wait_subscribed(
+        &t.account,
+        &[
+            format!("wg.{account}.up.*.tel.>"),
+            format!("wg.{account}.up.{d1}.tel.>"),
+        ],
+    )
+    .await
+    .unwrap();
 
     // Acknowledged by the history stream; a replay with the same id is a duplicate.
     let ack = report(&c1, &account, &d1, Kind::Heartbeat, 1).await;

@@ -275,6 +275,12 @@ async fn technician_credentials_see_exactly_their_devices_and_cannot_publish() {
     }
     tc.flush().await.unwrap();
     vc.flush().await.unwrap();
+    let allowed: Vec<String> = [&in1, &in2]
+        .iter()
+        .map(|d| up(a, &format!("{}.>", d.id)))
+        .chain([up(a, "*.tel.>")])
+        .collect();
+    p.wait_subscribed(&acme.account, &allowed).await.unwrap();
 
     // A command published by the technician is denied and never reaches the device.
     let mut cmds = collect(
@@ -285,6 +291,9 @@ async fn technician_credentials_see_exactly_their_devices_and_cannot_publish() {
             .unwrap(),
     );
     in1.conn.client.flush().await.unwrap();
+    p.wait_subscribed(&acme.account, &[in1.command_subject()])
+        .await
+        .unwrap();
     tc.publish(in1.command_subject(), "forged".into())
         .await
         .unwrap();
