@@ -11,6 +11,9 @@
 //!   [`ENV_ADMIN_PASSWORD`] or is generated and written once to [`INITIAL_PASSWORD_FILE`]
 //!   (owner-only) in the data directory. It is never logged.
 //! - The last enabled global Admin can be neither deleted, disabled nor stripped of that binding.
+//!   The rule is checked before such a change and again after it is written: two changes made
+//!   at once (each Admin disabling the other) would both pass the first check, so a change that
+//!   finds no Admin left afterwards is undone and refused.
 //!
 //! Every function here is what the CLI calls and what the API handlers call.
 
@@ -606,6 +609,31 @@ impl Authority {
         Ok(())
     }
 
+    /// Writes `change` to a user, keeping an enabled global Admin: refused when it would plainly
+    /// take the last one away, and undone (with `undo`) and refused when, once written, no
+    /// enabled global Admin is left because another change took one away at the same time.
+    /// Of two such changes racing, at least one is refused; both may be, and then each can be
+    /// tried again.
+    async fn change_keeping_an_admin(
+        &self,
+        name: &UserName,
+        after: impl Fn(&UserRecord) -> bool,
+        change: impl FnMut(&mut UserRecord) -> Result<(), UserError>,
+        undo: impl FnMut(&mut UserRecord) -> Result<(), UserError>,
+    ) -> Result<UserRecord, UserError> {
+        self.keep_an_admin(name, &after).await?;
+        let before = self.user(name).await?;
+        let rec = self.update_user(name, change).await?;
+        if is_global_admin(&before)
+            && !is_global_admin(&rec)
+            && !self.users().await?.iter().any(is_global_admin)
+        {
+            self.update_user(name, undo).await?;
+            return Err(UserError::LastAdmin);
+        }
+        Ok(rec)
+    }
+
     /// Sets a new password; every session of the user ends.
     pub async fn set_password(
         &self,
@@ -636,21 +664,37 @@ impl Authority {
         disabled: bool,
         actor: &str,
     ) -> Result<UserRecord, UserError> {
-        if disabled {
-            self.keep_an_admin(name, |_| false).await?;
-        }
-        let rec = self
-            .update_user(name, |r| {
-                if disabled && !r.disabled {
+        let rec = if disabled {
+            // A disabled user's sessions and tokens stop at once (the flag is checked on every
+            // request); the generation bump that ends them for good follows the Admin check.
+            self.change_keeping_an_admin(
+                name,
+                |_| false,
+                |r| {
+                    r.disabled = true;
+                    Ok(())
+                },
+                |r| {
+                    r.disabled = false;
+                    Ok(())
+                },
+            )
+            .await?;
+            let rec = self
+                .update_user(name, |r| {
                     r.generation += 1;
-                }
-                r.disabled = disabled;
+                    Ok(())
+                })
+                .await?;
+            let _ = self.end_sessions_of(name).await;
+            rec
+        } else {
+            self.update_user(name, |r| {
+                r.disabled = false;
                 Ok(())
             })
-            .await?;
-        if disabled {
-            let _ = self.end_sessions_of(name).await;
-        }
+            .await?
+        };
         let mut a = AuditEntry::new(
             if disabled {
                 "user.disable"
@@ -695,24 +739,32 @@ impl Authority {
         binding: &Binding,
         actor: &str,
     ) -> Result<UserRecord, UserError> {
-        self.keep_an_admin(name, |u| {
-            !u.disabled
-                && u.bindings
-                    .iter()
-                    .any(|b| b != binding && is_global_admin_binding(b))
-        })
-        .await?;
         let rec = self
-            .update_user(name, |r| {
-                let before = r.bindings.len();
-                r.bindings.retain(|b| b != binding);
-                if r.bindings.len() == before {
-                    return Err(UserError::BadBinding(format!(
-                        "user {name} does not hold that binding"
-                    )));
-                }
-                Ok(())
-            })
+            .change_keeping_an_admin(
+                name,
+                |u| {
+                    !u.disabled
+                        && u.bindings
+                            .iter()
+                            .any(|b| b != binding && is_global_admin_binding(b))
+                },
+                |r| {
+                    let before = r.bindings.len();
+                    r.bindings.retain(|b| b != binding);
+                    if r.bindings.len() == before {
+                        return Err(UserError::BadBinding(format!(
+                            "user {name} does not hold that binding"
+                        )));
+                    }
+                    Ok(())
+                },
+                |r| {
+                    if !r.bindings.contains(binding) {
+                        r.bindings.push(binding.clone());
+                    }
+                    Ok(())
+                },
+            )
             .await?;
         let mut a = AuditEntry::new("user.revoke_binding", actor, "ok");
         a.tenant = binding.scope.tenant().map(ToString::to_string);
@@ -723,8 +775,23 @@ impl Authority {
 
     /// Deletes a user, its sessions and its API tokens.
     pub async fn delete_user(&self, name: &UserName, actor: &str) -> Result<(), UserError> {
-        self.user(name).await?;
-        self.keep_an_admin(name, |_| false).await?;
+        let rec = self.user(name).await?;
+        if is_global_admin(&rec) {
+            // Disabled first, under the Admin check: a deleted record could not be put back.
+            self.change_keeping_an_admin(
+                name,
+                |_| false,
+                |r| {
+                    r.disabled = true;
+                    Ok(())
+                },
+                |r| {
+                    r.disabled = false;
+                    Ok(())
+                },
+            )
+            .await?;
+        }
         self.inner
             .authn
             .users

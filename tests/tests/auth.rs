@@ -628,3 +628,76 @@ async fn an_unreachable_session_store_is_503() {
     }
     assert!(ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_taking_each_other_away_at_once_leave_one() {
+    use wegweiser_cp::users::UserError;
+    let (p, _tasks) = setup(cfg()).await;
+    let admin = Binding {
+        role: Role::Admin,
+        scope: Scope::Global,
+    };
+    let enabled_admins = || async {
+        p.auth
+            .users()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|u| !u.disabled && u.bindings.contains(&admin))
+            .map(|u| u.name)
+            .collect::<Vec<_>>()
+    };
+    let mut previous = enabled_admins().await;
+    let mut refusals = 0;
+    for round in 0..12 {
+        let (x, y) = (name(&format!("x{round}")), name(&format!("y{round}")));
+        user(&p, x.as_str(), vec![admin.clone()]).await;
+        user(&p, y.as_str(), vec![admin.clone()]).await;
+        // Only x and y are enabled global Admins now.
+        for u in previous.drain(..) {
+            p.auth.set_disabled(&u, true, "test").await.unwrap();
+        }
+        let drop_rec = |r: Result<wegweiser_cp::users::UserRecord, UserError>| r.map(|_| ());
+        // Each takes the other away, in three ways.
+        let (rx, ry) = match round % 3 {
+            0 => {
+                let (a, b) = tokio::join!(
+                    p.auth.set_disabled(&y, true, x.as_str()),
+                    p.auth.set_disabled(&x, true, y.as_str())
+                );
+                (drop_rec(a), drop_rec(b))
+            }
+            1 => {
+                let (a, b) = tokio::join!(
+                    p.auth.revoke_binding(&y, &admin, x.as_str()),
+                    p.auth.revoke_binding(&x, &admin, y.as_str())
+                );
+                (drop_rec(a), drop_rec(b))
+            }
+            _ => {
+                let (a, b) = tokio::join!(
+                    p.auth.delete_user(&y, x.as_str()),
+                    p.auth.set_disabled(&x, true, y.as_str())
+                );
+                (a, drop_rec(b))
+            }
+        };
+        let left = enabled_admins().await;
+        assert!(
+            !left.is_empty(),
+            "round {round}: no enabled global Admin left ({rx:?}, {ry:?})"
+        );
+        assert!(
+            !(rx.is_ok() && ry.is_ok()),
+            "round {round}: both changes passed"
+        );
+        for r in [&rx, &ry] {
+            if let Err(e) = r {
+                assert!(matches!(e, UserError::LastAdmin), "round {round}: {e}");
+                refusals += 1;
+            }
+        }
+        previous = left;
+    }
+    assert!(refusals >= 12, "every round refused at least one change");
+}
