@@ -634,6 +634,18 @@ impl Authority {
         Ok(rec)
     }
 
+    /// Sets the disabled flag under [`Authority::change_keeping_an_admin`].
+    async fn disable_keeping_an_admin(&self, name: &UserName) -> Result<UserRecord, UserError> {
+        let set = |to: bool| {
+            move |r: &mut UserRecord| {
+                r.disabled = to;
+                Ok(())
+            }
+        };
+        self.change_keeping_an_admin(name, |_| false, set(true), set(false))
+            .await
+    }
+
     /// Sets a new password; every session of the user ends.
     pub async fn set_password(
         &self,
@@ -667,19 +679,7 @@ impl Authority {
         let rec = if disabled {
             // A disabled user's sessions and tokens stop at once (the flag is checked on every
             // request); the generation bump that ends them for good follows the Admin check.
-            self.change_keeping_an_admin(
-                name,
-                |_| false,
-                |r| {
-                    r.disabled = true;
-                    Ok(())
-                },
-                |r| {
-                    r.disabled = false;
-                    Ok(())
-                },
-            )
-            .await?;
+            self.disable_keeping_an_admin(name).await?;
             let rec = self
                 .update_user(name, |r| {
                     r.generation += 1;
@@ -778,19 +778,7 @@ impl Authority {
         let rec = self.user(name).await?;
         if is_global_admin(&rec) {
             // Disabled first, under the Admin check: a deleted record could not be put back.
-            self.change_keeping_an_admin(
-                name,
-                |_| false,
-                |r| {
-                    r.disabled = true;
-                    Ok(())
-                },
-                |r| {
-                    r.disabled = false;
-                    Ok(())
-                },
-            )
-            .await?;
+            self.disable_keeping_an_admin(name).await?;
         }
         self.inner
             .authn
