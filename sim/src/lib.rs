@@ -291,8 +291,10 @@ async fn connect(
     .read_buffer_capacity(8 * 1024)
     .connection_timeout(Duration::from_secs(20))
     .request_timeout(Some(Duration::from_secs(20)))
+    // The agent's own schedule: async-nats asks before the very first attempt too (attempt 1),
+    // so a first connection waits at most 250 ms, and reconnects after an outage spread out.
     .reconnect_delay_callback(|attempt| {
-        Duration::from_millis(rand::thread_rng().gen_range(500..2000) * (attempt as u64).min(5))
+        wegweiser_agent::schedule::reconnect_delay(attempt, &mut rand::thread_rng())
     })
     .event_callback(move |e| {
         let (s, up) = (ev_stats.clone(), up.clone());
