@@ -97,6 +97,12 @@ fn key(ip: &IpAddr) -> String {
     format!("ip.{}", unit(*ip).to_string().replace(':', "_"))
 }
 
+/// The KV key of a device cookie id (any string: hex-encoded, bounded).
+fn device_key(id: &str) -> String {
+    let id: String = id.chars().take(64).collect();
+    format!("dev.u{}", wegweiser_shared::enroll::hex(id.as_bytes()))
+}
+
 /// The KV key of an account name (any string: hex-encoded, bounded).
 fn account_key(name: &str) -> String {
     let name: String = name.chars().take(128).collect();
@@ -190,6 +196,22 @@ impl IpBlocker {
             let _ = self.kv.delete_expect_revision(&k, Some(e.revision)).await;
         }
         Ok(())
+    }
+
+    /// The gate of one device cookie (its id, hex), rate-limited and locked like an account
+    /// but counted on its own (see [`crate::device_cookie`]).
+    pub async fn check_device(&self, id: &str, now: i64) -> Result<Gate, AuthorityError> {
+        let k = device_key(id);
+        if !self.take_token(k.clone()) {
+            return Ok(Gate::Limited);
+        }
+        self.blocked(k, now).await
+    }
+
+    /// Records a failed login through device cookie `id`; returns the lock's end if this
+    /// failure locked the cookie.
+    pub async fn device_failure(&self, id: &str, now: i64) -> Result<Option<i64>, AuthorityError> {
+        self.record_failure(device_key(id), now).await
     }
 
     fn take_token(&self, unit: String) -> bool {

@@ -28,6 +28,7 @@ pub mod commands;
 pub mod config;
 pub mod dashboard;
 pub mod demo;
+pub mod device_cookie;
 pub mod enrollment;
 pub mod hierarchy;
 pub mod http;

@@ -53,6 +53,17 @@ impl MasterKey {
         Self(rand::random())
     }
 
+    /// A key for one other use, derived from this one: SHA-256 of `label` and the key (the key
+    /// is uniformly random, so its hash under a distinct label is an independent key).
+    pub fn derive(&self, label: &str) -> Self {
+        let h = Sha256::new()
+            .chain_update(label.as_bytes())
+            .chain_update([0u8])
+            .chain_update(self.0)
+            .finalize();
+        Self(h.into())
+    }
+
     fn id(&self) -> [u8; 4] {
         let h = Sha256::new()
             .chain_update(b"wegweiser master key id")

@@ -75,6 +75,7 @@ pub const CSP: &str =
 pub struct LoginGuard {
     ip: IpBlocker,
     accounts: IpBlocker,
+    devices: crate::device_cookie::DeviceCookies,
 }
 
 impl LoginGuard {
@@ -103,6 +104,7 @@ impl LoginGuard {
                 c.account_burst,
                 c.account_max_failures,
             ),
+            devices: crate::device_cookie::DeviceCookies::new(&auth.inner.master),
         }
     }
 }
@@ -398,8 +400,17 @@ async fn gate_address(s: &AppState, ip: IpAddr, now: i64) -> Result<(), ApiError
     }
 }
 
-/// Counts, audits and records a failed password check (address and account).
-async fn failed(s: &AppState, ip: IpAddr, now: i64, name: &str, known: bool, reason: &str) {
+/// Counts, audits and records a failed password check: against the address, and against the
+/// account, or the device cookie `device` when the attempt came through one.
+async fn failed(
+    s: &AppState,
+    ip: IpAddr,
+    now: i64,
+    name: &str,
+    known: bool,
+    reason: &str,
+    device: Option<&str>,
+) {
     let m = s.auth.metrics();
     Metrics::refused(&m.logins_failed, reason);
     let mut a = AuditEntry::new("login.failed", "login", reason);
@@ -424,16 +435,30 @@ async fn failed(s: &AppState, ip: IpAddr, now: i64, name: &str, known: bool, rea
     if s.login.ip.allowed(&ip) {
         return;
     }
-    match s.login.accounts.account_failure(name, now).await {
+    // Through a device cookie the failure is the cookie's, not the account's.
+    let (locked, kind) = match device {
+        Some(id) => (
+            s.login.accounts.device_failure(id, now).await,
+            "device_cookie.locked",
+        ),
+        None => (
+            s.login.accounts.account_failure(name, now).await,
+            "account.locked",
+        ),
+    };
+    match locked {
         Ok(Some(until)) => {
-            m.account_locks.fetch_add(1, Ordering::Relaxed);
+            if device.is_none() {
+                m.account_locks.fetch_add(1, Ordering::Relaxed);
+            }
             if known {
                 tracing::warn!(
                     user = name,
                     until,
-                    "Account locked after repeated failed logins."
+                    kind,
+                    "Locked after repeated failed logins."
                 );
-                let mut a = AuditEntry::new("account.locked", "login", "locked");
+                let mut a = AuditEntry::new(kind, "login", "locked");
                 a.ip = Some(ip.to_string());
                 a.detail = serde_json::json!({"user": name, "until": until});
                 s.auth.audit().record(a).await;
@@ -444,7 +469,43 @@ async fn failed(s: &AppState, ip: IpAddr, now: i64, name: &str, known: bool, rea
     }
 }
 
-/// Checks `name`/`password` behind the account gate. `Ok(None)`: refused (already counted
+/// The id of the valid device cookie for `name` in `headers`, if any (see
+/// [`crate::device_cookie`]).
+fn device_cookie(s: &AppState, headers: &HeaderMap, name: &str, now: i64) -> Option<String> {
+    cookie(headers, crate::device_cookie::COOKIE).and_then(|v| s.login.devices.open(&v, name, now))
+}
+
+/// What [`check_credentials`] found.
+struct Checked {
+    user: crate::users::UserRecord,
+    /// The attempt came through a device cookie, which spared it the account's lock.
+    through_device: bool,
+}
+
+/// Whether a login gate's answer is a block; a rate limit is 429, a failure 503.
+fn is_blocked(
+    s: &AppState,
+    gate: Result<Gate, crate::authority::AuthorityError>,
+) -> Result<bool, ApiError> {
+    match gate {
+        Ok(Gate::Limited) => {
+            s.auth
+                .metrics()
+                .login_rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            Err(too_many())
+        }
+        Ok(Gate::Blocked { .. }) => Ok(true),
+        Ok(_) => Ok(false),
+        Err(e) => {
+            tracing::error!(error = %e, "Login gate failed.");
+            Err(unavailable())
+        }
+    }
+}
+
+/// Checks `name`/`password` behind the account gate, or the gate of the device cookie `device`
+/// (valid for `name`) while that one is not locked itself. `Ok(None)`: refused (already counted
 /// and audited); the caller answers like a wrong password.
 async fn check_credentials(
     s: &AppState,
@@ -452,26 +513,19 @@ async fn check_credentials(
     now: i64,
     name: &str,
     password: &SecretString,
-) -> Result<Option<crate::users::UserRecord>, ApiError> {
-    let locked = if s.login.ip.allowed(&ip) {
-        false
-    } else {
-        match s.login.accounts.check_account(name, now).await {
-            Ok(Gate::Limited) => {
-                s.auth
-                    .metrics()
-                    .login_rate_limited
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(too_many());
-            }
-            Ok(Gate::Blocked { .. }) => true,
-            Ok(_) => false,
-            Err(e) => {
-                tracing::error!(error = %e, "Login gate failed.");
-                return Err(unavailable());
-            }
+    device: Option<String>,
+) -> Result<Option<Checked>, ApiError> {
+    let allowed = s.login.ip.allowed(&ip);
+    let device = match device {
+        // Locked after its own failures: it counts as absent.
+        Some(id) if !allowed && !is_blocked(s, s.login.accounts.check_device(&id, now).await)? => {
+            Some(id)
         }
+        _ => None,
     };
+    let locked = !allowed
+        && device.is_none()
+        && is_blocked(s, s.login.accounts.check_account(name, now).await)?;
     // The same work whatever the outcome: one verification (a dummy one for unknown names).
     let (result, known) = match name.parse::<UserName>() {
         Ok(user) => {
@@ -485,18 +539,24 @@ async fn check_credentials(
         }
     };
     let reason = match result {
-        Ok(u) if !locked => return Ok(Some(u)),
+        Ok(user) if !locked => {
+            return Ok(Some(Checked {
+                user,
+                through_device: device.is_some(),
+            }));
+        }
         Ok(_) => "locked",
         Err(_) if locked => "locked",
         Err(r) => r,
     };
-    failed(s, ip, now, name, known, reason).await;
+    failed(s, ip, now, name, known, reason, device.as_deref()).await;
     Ok(None)
 }
 
 async fn login(
     State(s): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let ip = addr.ip().to_canonical();
@@ -507,10 +567,16 @@ async fn login(
     gate_address(&s, ip, now).await?;
     let req: LoginRequest = json_body(body)?;
     let password = SecretString::new(req.password);
-    let Some(user) = check_credentials(&s, ip, now, &req.user, &password).await? else {
+    let device = device_cookie(&s, &headers, &req.user, now);
+    let Some(Checked {
+        user,
+        through_device,
+    }) = check_credentials(&s, ip, now, &req.user, &password, device).await?
+    else {
         return Err(invalid_credentials());
     };
-    if let Err(e) = s.login.accounts.account_success(&req.user).await {
+    // Through a device cookie the account's failures are somebody else's: they stay.
+    if !through_device && let Err(e) = s.login.accounts.account_success(&req.user).await {
         tracing::warn!(error = %e, "Cannot reset the failed logins of an account.");
     }
     let session = s
@@ -524,6 +590,7 @@ async fn login(
     s.auth.metrics().logins_ok.fetch_add(1, Ordering::Relaxed);
     let mut a = AuditEntry::new("login", user.name.as_str(), "ok");
     a.ip = Some(ip.to_string());
+    a.detail = serde_json::json!({"device_cookie": through_device});
     s.auth.audit().record(a).await;
     tracing::info!(user = %user.name, %ip, "Login.");
     let mut r = Json(serde_json::json!({
@@ -536,6 +603,12 @@ async fn login(
         header::SET_COOKIE,
         session_cookie(session.id.expose(), session.expires_at - now),
     );
+    // A new device cookie on every login (the old one stays valid until it expires).
+    if let Some(v) =
+        crate::device_cookie::DeviceCookies::header(&s.login.devices.issue(user.name.as_str(), now))
+    {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
     Ok(r)
 }
 
@@ -571,6 +644,7 @@ async fn change_password(
     State(s): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Extension(who): Extension<Authenticated>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     if !matches!(who.credential, Credential::Session { .. }) {
@@ -581,7 +655,10 @@ async fn change_password(
     let req: PasswordRequest = json_body(body)?;
     let new = Password::new(SecretString::new(req.new))?;
     let current = SecretString::new(req.current);
-    let Some(user) = check_credentials(&s, ip, now, &who.principal.user, &current).await? else {
+    let device = device_cookie(&s, &headers, &who.principal.user, now);
+    let Some(Checked { user, .. }) =
+        check_credentials(&s, ip, now, &who.principal.user, &current, device).await?
+    else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "wrong_password",

@@ -38,6 +38,21 @@ async fn setup(auth: AuthConfig) -> (Platform, wegweiser_cp::cli::ServiceTasks) 
     (p, tasks)
 }
 
+/// A platform with these failure limits (per address, per account) and the user alice.
+async fn with_alice(
+    login_max_failures: u32,
+    account_max_failures: u32,
+) -> (Platform, wegweiser_cp::cli::ServiceTasks) {
+    let (p, tasks) = setup(AuthConfig {
+        login_max_failures,
+        account_max_failures,
+        ..cfg()
+    })
+    .await;
+    user(&p, "alice", vec![viewer_of("acme")]).await;
+    (p, tasks)
+}
+
 fn name(s: &str) -> UserName {
     s.parse().unwrap()
 }
@@ -492,13 +507,7 @@ async fn api_tokens_act_within_their_user_and_stop_when_revoked() {
 
 #[tokio::test]
 async fn brute_force_blocks_the_address_for_logins_and_enrollment() {
-    let (p, _tasks) = setup(AuthConfig {
-        login_max_failures: 3,
-        account_max_failures: 100,
-        ..cfg()
-    })
-    .await;
-    user(&p, "alice", vec![viewer_of("acme")]).await;
+    let (p, _tasks) = with_alice(3, 100).await;
     for _ in 0..3 {
         let r = login_raw(&p, "alice", "guess guess guess").await;
         assert_eq!((r.status, r.code()), (401, "invalid_credentials"));
@@ -532,13 +541,7 @@ async fn brute_force_blocks_the_address_for_logins_and_enrollment() {
 
 #[tokio::test]
 async fn a_locked_account_answers_like_a_wrong_password() {
-    let (p, _tasks) = setup(AuthConfig {
-        login_max_failures: 100,
-        account_max_failures: 2,
-        ..cfg()
-    })
-    .await;
-    user(&p, "alice", vec![viewer_of("acme")]).await;
+    let (p, _tasks) = with_alice(100, 2).await;
     let wrong = login_raw(&p, "alice", "guess guess guess").await;
     login_raw(&p, "alice", "guess guess guess").await;
     // Locked: the right password gets the wrong password's answer.
@@ -700,4 +703,101 @@ async fn two_admins_taking_each_other_away_at_once_leave_one() {
         previous = left;
     }
     assert!(refusals >= 12, "every round refused at least one change");
+}
+
+/// A login presenting `cookie` (a `Cookie` header value).
+async fn login_with_cookie(p: &Platform, user: &str, password: &str, cookie: &str) -> HttpResponse {
+    let body = serde_json::to_vec(&serde_json::json!({"user": user, "password": password}));
+    p.request(
+        "POST",
+        "/v1/auth/login",
+        &[("cookie", cookie)],
+        Some(body.unwrap()),
+    )
+    .await
+    .unwrap()
+}
+
+/// The device cookie a login answer sets, as `name=value`.
+fn device_cookie(r: &HttpResponse) -> String {
+    let set = r
+        .headers
+        .iter()
+        .find(|(n, v)| n == "set-cookie" && v.starts_with("wg_device="))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no device cookie: {r:?}"));
+    for part in ["Path=/v1/auth", "Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(set.contains(part), "{set}");
+    }
+    set.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_browser_that_logged_in_before_gets_past_a_locked_account() {
+    let (p, _tasks) = with_alice(100, 2).await;
+    user(&p, "bob", vec![viewer_of("acme")]).await;
+    let first = login_raw(&p, "alice", PASSWORD).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let alice_browser = device_cookie(&first);
+    let bob_browser = device_cookie(&login_raw(&p, "bob", PASSWORD).await);
+
+    // Somebody guesses at alice's password until the account locks.
+    let wrong = login_raw(&p, "alice", "guess guess guess").await;
+    login_raw(&p, "alice", "guess guess guess").await;
+    assert_eq!(
+        last_audit(&p, "account.locked").await["detail"]["user"],
+        "alice"
+    );
+    let right = login_raw(&p, "alice", PASSWORD).await;
+    assert_eq!((right.status, &right.body), (wrong.status, &wrong.body));
+
+    // Alice's browser still gets in, and is told it did so through its device cookie.
+    let r = login_with_cookie(&p, "alice", PASSWORD, &alice_browser).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let renewed = device_cookie(&r);
+    assert_ne!(
+        renewed, alice_browser,
+        "every login sets a new device cookie"
+    );
+    let login = last_audit(&p, "login").await;
+    assert_eq!(
+        (
+            login["actor"].as_str(),
+            login["detail"]["device_cookie"].as_bool()
+        ),
+        (Some("alice"), Some(true)),
+        "{login}"
+    );
+    // The account stays locked for everybody else.
+    let r = login_raw(&p, "alice", PASSWORD).await;
+    assert_eq!((r.status, &r.body), (wrong.status, &wrong.body));
+
+    // Bob's cookie, a tampered cookie, or a cookie for another name do not help.
+    let mut tampered = alice_browser.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    for c in [
+        bob_browser.as_str(),
+        tampered.as_str(),
+        "wg_device=v1.AAAA",
+        "wg_device=",
+    ] {
+        let r = login_with_cookie(&p, "alice", PASSWORD, c).await;
+        assert_eq!((r.status, &r.body), (wrong.status, &wrong.body), "{c}");
+    }
+
+    // Guessing through alice's cookie locks that cookie, and then it is worth nothing.
+    for _ in 0..2 {
+        let r = login_with_cookie(&p, "alice", "guess guess guess", &alice_browser).await;
+        assert_eq!(r.status, wrong.status);
+    }
+    assert_eq!(
+        last_audit(&p, "device_cookie.locked").await["detail"]["user"],
+        "alice"
+    );
+    let r = login_with_cookie(&p, "alice", PASSWORD, &alice_browser).await;
+    assert_eq!((r.status, &r.body), (wrong.status, &wrong.body));
+    // Her other cookie (from the last login) is counted on its own.
+    let r = login_with_cookie(&p, "alice", PASSWORD, &renewed).await;
+    assert_eq!(r.status, 200, "{r:?}");
 }

@@ -1,0 +1,158 @@
+//! Device cookies: a browser that has logged in as a user before keeps logging in while that
+//! user's account is locked by somebody else's guesses.
+//!
+//! The per-account lock stops password guessing spread over many addresses, but anybody who
+//! knows a user name can keep that account locked. A successful login therefore also sets
+//! [`COOKIE`], sealed (XChaCha20-Poly1305, see [`crate::seal`]) under a key derived from the
+//! master key, naming the user, a random id and its expiry. A login that presents a valid
+//! device cookie for the same user is not subject to the account's lock and rate limit;
+//! instead its failures count against that cookie, which is locked on its own after the same
+//! number of failures (and then counts as absent). The per-address limits apply either way.
+//! Each successful login replaces the cookie. Nothing is stored per cookie but its failures.
+
+use crate::seal::MasterKey;
+use axum::http::HeaderValue;
+use serde::{Deserialize, Serialize};
+
+/// The cookie's name.
+pub const COOKIE: &str = "wg_device";
+/// Where the browser sends it: the login and password endpoints only.
+pub const PATH: &str = "/v1/auth";
+/// How long a device cookie is honoured, seconds (90 days).
+pub const LIFETIME_SECS: i64 = 90 * 86_400;
+/// Longest cookie value looked at; anything longer is ignored unread.
+pub const MAX_LEN: usize = 512;
+
+/// Binds sealed values to this use: a sealed tenant secret never opens as a cookie.
+const AAD: &str = "wegweiser device cookie v1";
+const KEY_LABEL: &str = "wegweiser device cookie key";
+
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    /// The user name.
+    u: String,
+    /// The cookie's random id (hex), the unit its failures are counted under.
+    n: String,
+    /// Expiry, unix seconds.
+    e: i64,
+}
+
+/// Issues and opens device cookies.
+#[derive(Clone)]
+pub struct DeviceCookies {
+    key: MasterKey,
+}
+
+impl std::fmt::Debug for DeviceCookies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceCookies(***)")
+    }
+}
+
+impl DeviceCookies {
+    /// Under a key derived from `master` for this use only.
+    pub fn new(master: &MasterKey) -> Self {
+        Self {
+            key: master.derive(KEY_LABEL),
+        }
+    }
+
+    /// A fresh cookie value for `user` at `now`.
+    pub fn issue(&self, user: &str, now: i64) -> String {
+        let id: [u8; 16] = rand::random();
+        let p = Payload {
+            u: user.to_owned(),
+            n: wegweiser_shared::enroll::hex(&id),
+            e: now.saturating_add(LIFETIME_SECS),
+        };
+        // Serializing a struct of strings and an integer cannot fail.
+        let plain = serde_json::to_vec(&p).unwrap_or_default();
+        self.key.seal(AAD, &plain)
+    }
+
+    /// The cookie's id when `value` is a cookie this server issued for `user` that has not
+    /// expired at `now`; `None` for anything else (malformed, oversized, altered, sealed under
+    /// another key, another user's, expired).
+    pub fn open(&self, value: &str, user: &str, now: i64) -> Option<String> {
+        if value.len() > MAX_LEN {
+            return None;
+        }
+        let plain = self.key.open(AAD, value).ok()?;
+        let p: Payload = serde_json::from_slice(&plain).ok()?;
+        (p.u == user && now < p.e).then_some(p.n)
+    }
+
+    /// The `Set-Cookie` header carrying `value`.
+    pub fn header(value: &str) -> Option<HeaderValue> {
+        HeaderValue::from_str(&format!(
+            "{COOKIE}={value}; Path={PATH}; Max-Age={LIFETIME_SECS}; Secure; HttpOnly; SameSite=Strict"
+        ))
+        .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_only_its_own_unexpired_cookies_for_the_same_user() {
+        let master = MasterKey::generate();
+        let c = DeviceCookies::new(&master);
+        let v = c.issue("alice", 1_000);
+        assert!(!v.contains("alice"), "the user name is not readable");
+        let id = c.open(&v, "alice", 1_000).unwrap();
+        assert_eq!(id.len(), 32);
+        assert_eq!(c.open(&v, "alice", 1_000 + LIFETIME_SECS - 1), Some(id));
+        // Expired, another user's, replayed to another server, or under the master key itself.
+        assert_eq!(c.open(&v, "alice", 1_000 + LIFETIME_SECS), None);
+        assert_eq!(c.open(&v, "bob", 1_000), None);
+        let other = DeviceCookies::new(&MasterKey::generate());
+        assert_eq!(other.open(&v, "alice", 1_000), None);
+        assert!(
+            master.open(AAD, &v).is_err(),
+            "the derived key is not the master key"
+        );
+        // Two cookies for one user are told apart.
+        assert_ne!(
+            c.open(&c.issue("alice", 1_000), "alice", 1_000),
+            c.open(&v, "alice", 1_000)
+        );
+    }
+
+    #[test]
+    fn malformed_tampered_and_oversized_values_are_refused() {
+        let c = DeviceCookies::new(&MasterKey::generate());
+        let v = c.issue("alice", 0);
+        // Every single-character change of the sealed part.
+        let body = v.strip_prefix("v1.").unwrap();
+        for i in 0..body.len() {
+            let mut b = body.as_bytes().to_vec();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            let t = format!("v1.{}", String::from_utf8(b).unwrap());
+            if t != v {
+                assert_eq!(c.open(&t, "alice", 0), None, "changed at {i}");
+            }
+        }
+        for bad in [
+            "",
+            "v1.",
+            "v1.!!!",
+            "v2.AAAA",
+            "wg_session=x",
+            &"A".repeat(MAX_LEN + 1),
+        ] {
+            assert_eq!(c.open(bad, "alice", 0), None, "{bad:.20}");
+        }
+        // A sealed value that is not a cookie payload.
+        let master = MasterKey::generate();
+        let c2 = DeviceCookies::new(&master);
+        let not_json = c2.key.seal(AAD, b"not json");
+        assert_eq!(c2.open(&not_json, "alice", 0), None);
+        let header = DeviceCookies::header(&v).unwrap();
+        let h = header.to_str().unwrap();
+        for part in ["Path=/v1/auth", "Secure", "HttpOnly", "SameSite=Strict"] {
+            assert!(h.contains(part), "{h}");
+        }
+    }
+}
