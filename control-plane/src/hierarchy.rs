@@ -887,6 +887,11 @@ impl Authority {
             self.audit().record(a).await;
             total += reports;
         }
+        // Bindings on the devices guard nothing now; they go too, so user lists stay true.
+        let ids: Vec<DeviceId> = devices.iter().map(|d| d.id.clone()).collect();
+        self.drop_device_bindings(tenant, &ids, actor)
+            .await
+            .map_err(store_err)?;
         Ok(total)
     }
 

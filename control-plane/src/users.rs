@@ -802,11 +802,45 @@ impl Authority {
         tenant: &wegweiser_shared::ids::TenantId,
         actor: &str,
     ) -> Result<usize, UserError> {
+        self.drop_bindings(
+            tenant,
+            |b| b.scope.tenant() == Some(tenant),
+            "tenant deleted",
+            actor,
+        )
+        .await
+    }
+
+    /// Removes every binding on one of `devices` of `tenant` from every user, once they are
+    /// deleted. Returns how many users lost bindings.
+    pub async fn drop_device_bindings(
+        &self,
+        tenant: &wegweiser_shared::ids::TenantId,
+        devices: &[wegweiser_shared::ids::DeviceId],
+        actor: &str,
+    ) -> Result<usize, UserError> {
+        self.drop_bindings(
+            tenant,
+            |b| matches!(&b.scope, Scope::Device { tenant: t, device } if t == tenant && devices.contains(device)),
+            "device deleted",
+            actor,
+        )
+        .await
+    }
+
+    /// Removes the bindings `gone` says are gone from every user, audited once for `tenant`.
+    async fn drop_bindings(
+        &self,
+        tenant: &wegweiser_shared::ids::TenantId,
+        gone: impl Fn(&Binding) -> bool,
+        reason: &str,
+        actor: &str,
+    ) -> Result<usize, UserError> {
         let mut users = Vec::new();
         for u in self.users().await? {
-            if u.bindings.iter().any(|b| b.scope.tenant() == Some(tenant)) {
+            if u.bindings.iter().any(&gone) {
                 self.update_user(&u.name, |r| {
-                    r.bindings.retain(|b| b.scope.tenant() != Some(tenant));
+                    r.bindings.retain(|b| !gone(b));
                     Ok(())
                 })
                 .await?;
@@ -816,7 +850,7 @@ impl Authority {
         if !users.is_empty() {
             let mut a = AuditEntry::new("user.bindings_dropped", actor, "ok");
             a.tenant = Some(tenant.to_string());
-            a.detail = serde_json::json!({"users": users, "reason": "tenant deleted"});
+            a.detail = serde_json::json!({"users": users, "reason": reason});
             self.audit().record(a).await;
         }
         Ok(users.len())

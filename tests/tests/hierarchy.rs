@@ -670,6 +670,15 @@ async fn a_deleted_device_is_dropped_cannot_come_back_and_its_reports_are_gone()
     })
     .await;
     let (rec, _) = p.auth.device_entry(&t, &victim.id).await.unwrap().unwrap();
+    // A user watching both devices.
+    let on = |d: &DeviceId| Binding {
+        role: Role::Viewer,
+        scope: Scope::Device {
+            tenant: t.clone(),
+            device: d.clone(),
+        },
+    };
+    token_for(&p, "watcher", vec![on(&victim.id), on(&bystander.id)]).await;
 
     // A technician may not delete.
     let r = call(
@@ -692,6 +701,14 @@ async fn a_deleted_device_is_dropped_cannot_come_back_and_its_reports_are_gone()
     )
     .await;
     assert_eq!(r.status, 204, "{r:?}");
+    // The watcher's binding on the deleted device went with it; the other stays.
+    let watcher = p.auth.user(&"watcher".parse().unwrap()).await.unwrap();
+    assert_eq!(watcher.bindings, vec![on(&bystander.id)]);
+    assert!(
+        audit_kinds(&p, &t)
+            .await
+            .contains(&"user.bindings_dropped".to_owned())
+    );
     // Dropped at once, and its reconnects are refused.
     assert!(
         victim
