@@ -480,19 +480,13 @@ impl Authority {
         };
         for g in &groups {
             done.tokens += self.revoke_tokens_naming(tenant, None, Some(&g.id)).await?;
-            self.inner
-                .hierarchy
-                .purge(group_key(tenant, &g.id))
-                .await
-                .map_err(store_err)?;
-            self.audit()
-                .record(audit(
-                    "group.delete",
-                    actor,
-                    tenant,
-                    serde_json::json!({"group": g.id, "organization": id, "cascade": true}),
-                ))
-                .await;
+            self.purge_group(
+                tenant,
+                &g.id,
+                actor,
+                serde_json::json!({"group": g.id, "organization": id, "cascade": true}),
+            )
+            .await?;
             done.groups += 1;
         }
         done.tokens += self.revoke_tokens_naming(tenant, Some(id), None).await?;
@@ -501,6 +495,18 @@ impl Authority {
             .purge(org_key(tenant, id))
             .await
             .map_err(store_err)?;
+        // A group created while this ran, which saw the organization still there, goes too
+        // (empty: enrollment tokens can only name groups that already existed).
+        for g in self.groups(tenant, Some(id)).await? {
+            self.purge_group(
+                tenant,
+                &g.id,
+                actor,
+                serde_json::json!({"group": g.id, "organization": id, "reason": "created while its organization was deleted"}),
+            )
+            .await?;
+            done.groups += 1;
+        }
         self.audit()
             .record(audit(
                 "organization.delete",
@@ -510,6 +516,25 @@ impl Authority {
             ))
             .await;
         Ok(done)
+    }
+
+    /// Removes a group's record and audits `group.delete` with `detail`.
+    async fn purge_group(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), AuthorityError> {
+        self.inner
+            .hierarchy
+            .purge(group_key(tenant, group))
+            .await
+            .map_err(store_err)?;
+        self.audit()
+            .record(audit("group.delete", actor, tenant, detail))
+            .await;
+        Ok(())
     }
 
     /// Creates a group in an existing organization (audited).
@@ -549,6 +574,17 @@ impl Authority {
                 .into());
             }
             Err(e) => return Err(store_err(e)),
+        }
+        // The organization may have been deleted while this ran: then the group goes again.
+        // (A deletion that began after this check removes the group itself; see
+        // `delete_organization`.)
+        if self.organization(tenant, org).await?.is_none() {
+            self.inner
+                .hierarchy
+                .purge(group_key(tenant, id))
+                .await
+                .map_err(store_err)?;
+            return Err(HierarchyError::NotFound(no_org(tenant, org)).into());
         }
         self.audit()
             .record(audit(

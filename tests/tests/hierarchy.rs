@@ -1070,3 +1070,37 @@ async fn labels_already_in_use_become_objects_when_the_service_starts() {
     let (moved, _) = p.auth.device_entry(&t, &d.id).await.unwrap().unwrap();
     assert_eq!(moved.group.as_deref(), Some("legacy-grp"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_created_while_its_organization_is_deleted_does_not_outlive_it() {
+    let p = start().await;
+    let t = p.tenant("acme").await.unwrap().id;
+    for round in 0..20 {
+        let org = format!("o{round}");
+        p.auth
+            .create_organization(&t, &org, None, "test")
+            .await
+            .unwrap();
+        let g = format!("g{round}");
+        let (deleted, group) = tokio::join!(
+            p.auth.delete_organization(&t, &org, false, "test"),
+            p.auth.create_group(&t, &org, &g, None, "test")
+        );
+        // The deletion may be refused (the group came first); otherwise no group is left.
+        let org_left = p.auth.organization(&t, &org).await.unwrap().is_some();
+        let groups = p.auth.groups(&t, Some(&org)).await.unwrap();
+        assert_eq!(
+            org_left,
+            deleted.is_err(),
+            "round {round}: {deleted:?} {group:?}"
+        );
+        if !org_left {
+            assert!(
+                groups.is_empty(),
+                "round {round}: group {groups:?} outlived its organization ({group:?})"
+            );
+        } else {
+            assert_eq!(groups.len(), 1, "round {round}");
+        }
+    }
+}
