@@ -4,18 +4,21 @@
 //! The per-account lock stops password guessing spread over many addresses, but anybody who
 //! knows a user name can keep that account locked. A successful login therefore also sets
 //! [`COOKIE`], sealed (XChaCha20-Poly1305, see [`crate::seal`]) under a key derived from the
-//! master key, naming the user, a random id and its expiry. A login that presents a valid
-//! device cookie for the same user is not subject to the account's lock and rate limit;
-//! instead its failures count against that cookie, which is locked on its own after the same
-//! number of failures (and then counts as absent). The per-address limits apply either way.
-//! Each successful login replaces the cookie. Nothing is stored per cookie but its failures.
+//! master key, naming the user, the user's generation, a random id and its expiry. A login that
+//! presents a valid device cookie for the same user is not subject to the account's lock and
+//! rate limit; instead its failures count against that cookie, which is locked on its own after
+//! the same number of failures (and then counts as absent). The per-address limits apply
+//! either way. Every successful login sets a new cookie; earlier ones stay valid until they
+//! expire or the user's generation moves on (a password change, a disabling, a deletion), which
+//! ends them all. Nothing is stored per cookie but its failures.
 
 use crate::seal::MasterKey;
 use axum::http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
-/// The cookie's name.
-pub const COOKIE: &str = "wg_device";
+/// The cookie's name (the `__Secure-` prefix: browsers accept it only with `Secure`, from
+/// HTTPS).
+pub const COOKIE: &str = "__Secure-wg_device";
 /// Where the browser sends it: the login and password endpoints only.
 pub const PATH: &str = "/v1/auth";
 /// How long a device cookie is honoured, seconds (90 days).
@@ -31,6 +34,8 @@ const KEY_LABEL: &str = "wegweiser device cookie key";
 struct Payload {
     /// The user name.
     u: String,
+    /// The user's generation when it was issued.
+    g: u64,
     /// The cookie's random id (hex), the unit its failures are counted under.
     n: String,
     /// Expiry, unix seconds.
@@ -57,11 +62,12 @@ impl DeviceCookies {
         }
     }
 
-    /// A fresh cookie value for `user` at `now`.
-    pub fn issue(&self, user: &str, now: i64) -> String {
+    /// A fresh cookie value for `user` of `generation` at `now`.
+    pub fn issue(&self, user: &str, generation: u64, now: i64) -> String {
         let id: [u8; 16] = rand::random();
         let p = Payload {
             u: user.to_owned(),
+            g: generation,
             n: wegweiser_shared::enroll::hex(&id),
             e: now.saturating_add(LIFETIME_SECS),
         };
@@ -70,16 +76,16 @@ impl DeviceCookies {
         self.key.seal(AAD, &plain)
     }
 
-    /// The cookie's id when `value` is a cookie this server issued for `user` that has not
-    /// expired at `now`; `None` for anything else (malformed, oversized, altered, sealed under
-    /// another key, another user's, expired).
-    pub fn open(&self, value: &str, user: &str, now: i64) -> Option<String> {
+    /// The cookie's id when `value` is a cookie this server issued for `user` of `generation`
+    /// that has not expired at `now`; `None` for anything else (malformed, oversized, altered,
+    /// sealed under another key, another user's, of an earlier generation, expired).
+    pub fn open(&self, value: &str, user: &str, generation: u64, now: i64) -> Option<String> {
         if value.len() > MAX_LEN {
             return None;
         }
         let plain = self.key.open(AAD, value).ok()?;
         let p: Payload = serde_json::from_slice(&plain).ok()?;
-        (p.u == user && now < p.e).then_some(p.n)
+        (p.u == user && p.g == generation && now < p.e).then_some(p.n)
     }
 
     /// The `Set-Cookie` header carrying `value`.
@@ -99,31 +105,33 @@ mod tests {
     fn opens_only_its_own_unexpired_cookies_for_the_same_user() {
         let master = MasterKey::generate();
         let c = DeviceCookies::new(&master);
-        let v = c.issue("alice", 1_000);
+        let v = c.issue("alice", 3, 1_000);
         assert!(!v.contains("alice"), "the user name is not readable");
-        let id = c.open(&v, "alice", 1_000).unwrap();
+        let id = c.open(&v, "alice", 3, 1_000).unwrap();
         assert_eq!(id.len(), 32);
-        assert_eq!(c.open(&v, "alice", 1_000 + LIFETIME_SECS - 1), Some(id));
-        // Expired, another user's, replayed to another server, or under the master key itself.
-        assert_eq!(c.open(&v, "alice", 1_000 + LIFETIME_SECS), None);
-        assert_eq!(c.open(&v, "bob", 1_000), None);
+        assert_eq!(c.open(&v, "alice", 3, 1_000 + LIFETIME_SECS - 1), Some(id));
+        // Expired, another user's, of an earlier generation (the password changed since),
+        // replayed to another server, or under the master key itself.
+        assert_eq!(c.open(&v, "alice", 4, 1_000), None);
+        assert_eq!(c.open(&v, "alice", 3, 1_000 + LIFETIME_SECS), None);
+        assert_eq!(c.open(&v, "bob", 3, 1_000), None);
         let other = DeviceCookies::new(&MasterKey::generate());
-        assert_eq!(other.open(&v, "alice", 1_000), None);
+        assert_eq!(other.open(&v, "alice", 3, 1_000), None);
         assert!(
             master.open(AAD, &v).is_err(),
             "the derived key is not the master key"
         );
         // Two cookies for one user are told apart.
         assert_ne!(
-            c.open(&c.issue("alice", 1_000), "alice", 1_000),
-            c.open(&v, "alice", 1_000)
+            c.open(&c.issue("alice", 3, 1_000), "alice", 3, 1_000),
+            c.open(&v, "alice", 3, 1_000)
         );
     }
 
     #[test]
     fn malformed_tampered_and_oversized_values_are_refused() {
         let c = DeviceCookies::new(&MasterKey::generate());
-        let v = c.issue("alice", 0);
+        let v = c.issue("alice", 1, 0);
         // Every single-character change of the sealed part.
         let body = v.strip_prefix("v1.").unwrap();
         for i in 0..body.len() {
@@ -131,7 +139,7 @@ mod tests {
             b[i] = if b[i] == b'A' { b'B' } else { b'A' };
             let t = format!("v1.{}", String::from_utf8(b).unwrap());
             if t != v {
-                assert_eq!(c.open(&t, "alice", 0), None, "changed at {i}");
+                assert_eq!(c.open(&t, "alice", 1, 0), None, "changed at {i}");
             }
         }
         for bad in [
@@ -142,13 +150,13 @@ mod tests {
             "wg_session=x",
             &"A".repeat(MAX_LEN + 1),
         ] {
-            assert_eq!(c.open(bad, "alice", 0), None, "{bad:.20}");
+            assert_eq!(c.open(bad, "alice", 1, 0), None, "{bad:.20}");
         }
         // A sealed value that is not a cookie payload.
         let master = MasterKey::generate();
         let c2 = DeviceCookies::new(&master);
         let not_json = c2.key.seal(AAD, b"not json");
-        assert_eq!(c2.open(&not_json, "alice", 0), None);
+        assert_eq!(c2.open(&not_json, "alice", 1, 0), None);
         let header = DeviceCookies::header(&v).unwrap();
         let h = header.to_str().unwrap();
         for part in ["Path=/v1/auth", "Secure", "HttpOnly", "SameSite=Strict"] {

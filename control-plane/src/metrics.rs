@@ -48,6 +48,8 @@ pub struct Metrics {
     pub login_blocked_requests: AtomicU64,
     /// Accounts locked after repeated failed logins.
     pub account_locks: AtomicU64,
+    /// Device cookies locked after repeated failed logins through them.
+    pub device_cookie_locks: AtomicU64,
     /// API requests refused before their handler, by reason (`unauthenticated`, `csrf`,
     /// `unavailable`).
     pub api_auth_refused: Mutex<BTreeMap<String, u64>>,
@@ -184,6 +186,12 @@ impl Metrics {
             "wegweiser_account_locks_total",
             "Accounts locked after repeated failed logins.",
             load(&self.account_locks),
+        );
+        counter(
+            &mut s,
+            "wegweiser_device_cookie_locks_total",
+            "Device cookies locked after repeated failed logins through them.",
+            load(&self.device_cookie_locks),
         );
         by_reason(
             &mut s,

@@ -11,9 +11,8 @@
 //!   [`ENV_ADMIN_PASSWORD`] or is generated and written once to [`INITIAL_PASSWORD_FILE`]
 //!   (owner-only) in the data directory. It is never logged.
 //! - The last enabled global Admin can be neither deleted, disabled nor stripped of that binding.
-//!   The rule is checked before such a change and again after it is written: two changes made
-//!   at once (each Admin disabling the other) would both pass the first check, so a change that
-//!   finds no Admin left afterwards is undone and refused.
+//!   Such changes to a user who is one run one at a time, under a lease in the users bucket,
+//!   so two Admins taking each other away at the same moment cannot both pass the check.
 //!
 //! Every function here is what the CLI calls and what the API handlers call.
 
@@ -281,6 +280,9 @@ pub enum UserError {
     /// The change would leave the platform without an enabled global Admin.
     #[error("refused: this would leave no enabled user with the global admin role")]
     LastAdmin,
+    /// Another change that may take a global Admin away held the lease too long.
+    #[error("another change to a global admin is in progress; try again")]
+    Busy,
     /// A bad API token request.
     #[error("{0}")]
     BadToken(String),
@@ -450,6 +452,14 @@ pub struct Bootstrap {
     pub password_file: Option<PathBuf>,
 }
 
+/// The key of the lease that serializes changes which may take a global Admin away (a user
+/// name is one NATS token, so a key with a dot is never a user's).
+const ADMIN_GUARD_KEY: &str = "guard.admins";
+/// How long a holder may keep that lease before another takes it over (its holder died).
+const ADMIN_GUARD_LEASE_SECS: i64 = 10;
+/// How long a change waits for the lease before answering [`UserError::Busy`].
+const ADMIN_GUARD_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 fn decode(name: &UserName, bytes: &[u8]) -> Result<UserRecord, UserError> {
     serde_json::from_slice(bytes)
         .map_err(|e| UserError::Store(store_err(format!("user record {name}: {e}"))))
@@ -503,6 +513,9 @@ impl Authority {
     pub async fn users(&self) -> Result<Vec<UserRecord>, UserError> {
         let mut out = Vec::new();
         for (key, v) in kv_values(&self.inner.cp, &self.inner.authn.users, ">").await? {
+            if key == ADMIN_GUARD_KEY {
+                continue;
+            }
             let name: UserName = key
                 .parse()
                 .map_err(|e| UserError::Store(store_err(format!("user key {key}: {e}"))))?;
@@ -609,41 +622,115 @@ impl Authority {
         Ok(())
     }
 
-    /// Writes `change` to a user, keeping an enabled global Admin: refused when it would plainly
-    /// take the last one away, and undone (with `undo`) and refused when, once written, no
-    /// enabled global Admin is left because another change took one away at the same time.
-    /// Of two such changes racing, at least one is refused; both may be, and then each can be
-    /// tried again.
-    async fn change_keeping_an_admin(
+    /// Applies `change` to a user (`None`: deletes it) unless that would leave no enabled
+    /// global Admin (`after` says whether the user would still be one).
+    ///
+    /// A user who is not an enabled global Admin is changed with a compare-and-set on the
+    /// record as read, so it cannot turn into one meanwhile. For a user who is one, the check
+    /// and the change run under the lease [`ADMIN_GUARD_KEY`], which every such change takes:
+    /// two Admins taking each other away at the same moment are checked one after the other.
+    /// Changes that add Admins need no lease.
+    async fn change_keeping_an_admin<F>(
         &self,
         name: &UserName,
         after: impl Fn(&UserRecord) -> bool,
-        change: impl FnMut(&mut UserRecord) -> Result<(), UserError>,
-        undo: impl FnMut(&mut UserRecord) -> Result<(), UserError>,
-    ) -> Result<UserRecord, UserError> {
-        self.keep_an_admin(name, &after).await?;
-        let before = self.user(name).await?;
-        let rec = self.update_user(name, change).await?;
-        if is_global_admin(&before)
-            && !is_global_admin(&rec)
-            && !self.users().await?.iter().any(is_global_admin)
-        {
-            self.update_user(name, undo).await?;
-            return Err(UserError::LastAdmin);
+        mut change: Option<F>,
+    ) -> Result<Option<UserRecord>, UserError>
+    where
+        F: FnMut(&mut UserRecord) -> Result<(), UserError>,
+    {
+        let users = &self.inner.authn.users;
+        loop {
+            let (mut rec, rev) = self
+                .user_entry(name)
+                .await?
+                .ok_or_else(|| UserError::NotFound(name.clone()))?;
+            if is_global_admin(&rec) {
+                let lease = self.acquire_admin_guard().await?;
+                let out = async {
+                    self.keep_an_admin(name, &after).await?;
+                    match change.as_mut() {
+                        Some(f) => self.update_user(name, f).await.map(Some),
+                        None => {
+                            users.delete(name.as_str()).await.map_err(store_err)?;
+                            Ok(None)
+                        }
+                    }
+                }
+                .await;
+                self.release_admin_guard(lease).await;
+                return out;
+            }
+            let written = match change.as_mut() {
+                Some(f) => {
+                    f(&mut rec)?;
+                    rec.changed_at = time::now();
+                    let body = serde_json::to_vec(&rec).map_err(store_err)?;
+                    users
+                        .update(name.as_str(), body.into(), rev)
+                        .await
+                        .map(|_| Some(rec))
+                }
+                None => users
+                    .delete_expect_revision(name.as_str(), Some(rev))
+                    .await
+                    .map(|()| None),
+            };
+            match written {
+                Ok(r) => return Ok(r),
+                // Changed meanwhile (perhaps made an Admin): look again.
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(store_err(e).into()),
+            }
         }
-        Ok(rec)
     }
 
-    /// Sets the disabled flag under [`Authority::change_keeping_an_admin`].
-    async fn disable_keeping_an_admin(&self, name: &UserName) -> Result<UserRecord, UserError> {
-        let set = |to: bool| {
-            move |r: &mut UserRecord| {
-                r.disabled = to;
-                Ok(())
+    /// Takes the lease on Admin-removing changes, waiting up to [`ADMIN_GUARD_WAIT`]; a lease
+    /// older than [`ADMIN_GUARD_LEASE_SECS`] (its holder died) is taken over. Returns the
+    /// lease's revision, for [`Authority::release_admin_guard`].
+    async fn acquire_admin_guard(&self) -> Result<u64, UserError> {
+        let users = &self.inner.authn.users;
+        let deadline = tokio::time::Instant::now() + ADMIN_GUARD_WAIT;
+        loop {
+            let now = time::now();
+            let lease = serde_json::json!({"until": now + ADMIN_GUARD_LEASE_SECS}).to_string();
+            let current = users.entry(ADMIN_GUARD_KEY).await.map_err(store_err)?;
+            let taken = match current {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    let until = serde_json::from_slice::<serde_json::Value>(&e.value)
+                        .ok()
+                        .and_then(|v| v["until"].as_i64())
+                        .unwrap_or(0);
+                    if until < now {
+                        users
+                            .update(ADMIN_GUARD_KEY, lease.into(), e.revision)
+                            .await
+                            .ok()
+                    } else {
+                        None
+                    }
+                }
+                _ => users.create(ADMIN_GUARD_KEY, lease.into()).await.ok(),
+            };
+            if let Some(rev) = taken {
+                return Ok(rev);
             }
-        };
-        self.change_keeping_an_admin(name, |_| false, set(true), set(false))
-            .await
+            if tokio::time::Instant::now() > deadline {
+                return Err(UserError::Busy);
+            }
+            let pause = 10 + rand::random::<u64>() % 40;
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        }
+    }
+
+    /// Gives the lease back (if it is still ours; otherwise it lapses on its own).
+    async fn release_admin_guard(&self, revision: u64) {
+        let _ = self
+            .inner
+            .authn
+            .users
+            .delete_expect_revision(ADMIN_GUARD_KEY, Some(revision))
+            .await;
     }
 
     /// Sets a new password; every session of the user ends.
@@ -676,24 +763,22 @@ impl Authority {
         disabled: bool,
         actor: &str,
     ) -> Result<UserRecord, UserError> {
+        let set = |r: &mut UserRecord| {
+            if disabled && !r.disabled {
+                r.generation += 1;
+            }
+            r.disabled = disabled;
+            Ok(())
+        };
         let rec = if disabled {
-            // A disabled user's sessions and tokens stop at once (the flag is checked on every
-            // request); the generation bump that ends them for good follows the Admin check.
-            self.disable_keeping_an_admin(name).await?;
             let rec = self
-                .update_user(name, |r| {
-                    r.generation += 1;
-                    Ok(())
-                })
-                .await?;
+                .change_keeping_an_admin(name, |_| false, Some(set))
+                .await?
+                .ok_or_else(|| UserError::NotFound(name.clone()))?;
             let _ = self.end_sessions_of(name).await;
             rec
         } else {
-            self.update_user(name, |r| {
-                r.disabled = false;
-                Ok(())
-            })
-            .await?
+            self.update_user(name, set).await?
         };
         let mut a = AuditEntry::new(
             if disabled {
@@ -748,7 +833,7 @@ impl Authority {
                             .iter()
                             .any(|b| b != binding && is_global_admin_binding(b))
                 },
-                |r| {
+                Some(|r: &mut UserRecord| {
                     let before = r.bindings.len();
                     r.bindings.retain(|b| b != binding);
                     if r.bindings.len() == before {
@@ -757,15 +842,10 @@ impl Authority {
                         )));
                     }
                     Ok(())
-                },
-                |r| {
-                    if !r.bindings.contains(binding) {
-                        r.bindings.push(binding.clone());
-                    }
-                    Ok(())
-                },
+                }),
             )
-            .await?;
+            .await?
+            .ok_or_else(|| UserError::NotFound(name.clone()))?;
         let mut a = AuditEntry::new("user.revoke_binding", actor, "ok");
         a.tenant = binding.scope.tenant().map(ToString::to_string);
         a.detail = serde_json::json!({"user": name, "binding": binding});
@@ -775,17 +855,12 @@ impl Authority {
 
     /// Deletes a user, its sessions and its API tokens.
     pub async fn delete_user(&self, name: &UserName, actor: &str) -> Result<(), UserError> {
-        let rec = self.user(name).await?;
-        if is_global_admin(&rec) {
-            // Disabled first, under the Admin check: a deleted record could not be put back.
-            self.disable_keeping_an_admin(name).await?;
-        }
-        self.inner
-            .authn
-            .users
-            .delete(name.as_str())
-            .await
-            .map_err(store_err)?;
+        self.change_keeping_an_admin(
+            name,
+            |_| false,
+            None::<fn(&mut UserRecord) -> Result<(), UserError>>,
+        )
+        .await?;
         let sessions = self.end_sessions_of(name).await.unwrap_or(0);
         let tokens = self.revoke_api_tokens_of(name).await.unwrap_or(0);
         let mut a = AuditEntry::new("user.delete", actor, "ok");

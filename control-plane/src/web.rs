@@ -171,6 +171,7 @@ impl From<UserError> for ApiError {
             UserError::BadBinding(_) => (StatusCode::BAD_REQUEST, "bad_binding"),
             UserError::BadToken(_) => (StatusCode::BAD_REQUEST, "bad_token"),
             UserError::LastAdmin => (StatusCode::CONFLICT, "last_admin"),
+            UserError::Busy => (StatusCode::CONFLICT, "busy"),
             UserError::Store(inner) => {
                 tracing::error!(error = %inner, "User store failed.");
                 return unavailable();
@@ -188,15 +189,20 @@ impl From<UserError> for ApiError {
     }
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
+/// The value of cookie `name` in the request's `Cookie` headers (the first, if several).
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    cookies(headers, name).next()
+}
+
+/// Every value of cookie `name` in the request's `Cookie` headers, in order.
+fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = String> + 'a {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+        .filter(move |(k, _)| *k == name)
         .map(|(_, v)| v.trim().to_owned())
 }
 
@@ -448,7 +454,9 @@ async fn failed(
     };
     match locked {
         Ok(Some(until)) => {
-            if device.is_none() {
+            if device.is_some() {
+                m.device_cookie_locks.fetch_add(1, Ordering::Relaxed);
+            } else {
                 m.account_locks.fetch_add(1, Ordering::Relaxed);
             }
             if known {
@@ -469,10 +477,17 @@ async fn failed(
     }
 }
 
-/// The id of the valid device cookie for `name` in `headers`, if any (see
-/// [`crate::device_cookie`]).
-fn device_cookie(s: &AppState, headers: &HeaderMap, name: &str, now: i64) -> Option<String> {
-    cookie(headers, crate::device_cookie::COOKIE).and_then(|v| s.login.devices.open(&v, name, now))
+/// The id of a valid device cookie for user `name` in `headers`, if any (see
+/// [`crate::device_cookie`]). Every value is tried: a junk cookie of the same name planted
+/// beside the real one does not hide it. At most a handful are looked at.
+async fn device_cookie(s: &AppState, headers: &HeaderMap, name: &str, now: i64) -> Option<String> {
+    let mut values = cookies(headers, crate::device_cookie::COOKIE)
+        .take(8)
+        .peekable();
+    values.peek()?;
+    let user: UserName = name.parse().ok()?;
+    let (rec, _) = s.auth.user_entry(&user).await.ok()??;
+    values.find_map(|v| s.login.devices.open(&v, name, rec.generation, now))
 }
 
 /// What [`check_credentials`] found.
@@ -567,7 +582,7 @@ async fn login(
     gate_address(&s, ip, now).await?;
     let req: LoginRequest = json_body(body)?;
     let password = SecretString::new(req.password);
-    let device = device_cookie(&s, &headers, &req.user, now);
+    let device = device_cookie(&s, &headers, &req.user, now).await;
     let Some(Checked {
         user,
         through_device,
@@ -604,9 +619,11 @@ async fn login(
         session_cookie(session.id.expose(), session.expires_at - now),
     );
     // A new device cookie on every login (the old one stays valid until it expires).
-    if let Some(v) =
-        crate::device_cookie::DeviceCookies::header(&s.login.devices.issue(user.name.as_str(), now))
-    {
+    let value = s
+        .login
+        .devices
+        .issue(user.name.as_str(), user.generation, now);
+    if let Some(v) = crate::device_cookie::DeviceCookies::header(&value) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     Ok(r)
@@ -652,10 +669,12 @@ async fn change_password(
     }
     let ip = addr.ip().to_canonical();
     let now = time::now();
+    // The current password is checked like a login's, behind the same address gate.
+    gate_address(&s, ip, now).await?;
     let req: PasswordRequest = json_body(body)?;
     let new = Password::new(SecretString::new(req.new))?;
     let current = SecretString::new(req.current);
-    let device = device_cookie(&s, &headers, &who.principal.user, now);
+    let device = device_cookie(&s, &headers, &who.principal.user, now).await;
     let Some(Checked { user, .. }) =
         check_credentials(&s, ip, now, &who.principal.user, &current, device).await?
     else {
