@@ -12,7 +12,7 @@
 //! expire or the user's generation moves on (a password change, a disabling, a deletion), which
 //! ends them all. Nothing is stored per cookie but its failures.
 
-use crate::seal::MasterKey;
+use crate::{seal::MasterKey, users::UserRecord};
 use axum::http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,9 @@ struct Payload {
     u: String,
     /// The user's generation when it was issued.
     g: u64,
+    /// The user's creation time: a user deleted and made again under the same name starts
+    /// at the same generation, but not at the same time.
+    c: i64,
     /// The cookie's random id (hex), the unit its failures are counted under.
     n: String,
     /// Expiry, unix seconds.
@@ -62,12 +65,13 @@ impl DeviceCookies {
         }
     }
 
-    /// A fresh cookie value for `user` of `generation` at `now`.
-    pub fn issue(&self, user: &str, generation: u64, now: i64) -> String {
+    /// A fresh cookie value for `user` at `now`.
+    pub fn issue(&self, user: &UserRecord, now: i64) -> String {
         let id: [u8; 16] = rand::random();
         let p = Payload {
-            u: user.to_owned(),
-            g: generation,
+            u: user.name.to_string(),
+            g: user.generation,
+            c: user.created_at,
             n: wegweiser_shared::enroll::hex(&id),
             e: now.saturating_add(LIFETIME_SECS),
         };
@@ -76,16 +80,18 @@ impl DeviceCookies {
         self.key.seal(AAD, &plain)
     }
 
-    /// The cookie's id when `value` is a cookie this server issued for `user` of `generation`
-    /// that has not expired at `now`; `None` for anything else (malformed, oversized, altered,
-    /// sealed under another key, another user's, of an earlier generation, expired).
-    pub fn open(&self, value: &str, user: &str, generation: u64, now: i64) -> Option<String> {
+    /// The cookie's id when `value` is a cookie this server issued for `user` as it is now
+    /// (same name, generation and creation) that has not expired at `now`; `None` for anything
+    /// else (malformed, oversized, altered, sealed under another key, another user's, of an
+    /// earlier generation or an earlier user of the name, expired).
+    pub fn open(&self, value: &str, user: &UserRecord, now: i64) -> Option<String> {
         if value.len() > MAX_LEN {
             return None;
         }
         let plain = self.key.open(AAD, value).ok()?;
         let p: Payload = serde_json::from_slice(&plain).ok()?;
-        (p.u == user && p.g == generation && now < p.e).then_some(p.n)
+        (p.u == user.name.as_str() && p.g == user.generation && p.c == user.created_at && now < p.e)
+            .then_some(p.n)
     }
 
     /// The `Set-Cookie` header carrying `value`.
@@ -101,37 +107,54 @@ impl DeviceCookies {
 mod tests {
     use super::*;
 
+    fn user(name: &str, generation: u64, created_at: i64) -> UserRecord {
+        UserRecord {
+            name: name.parse().unwrap(),
+            password_hash: String::new(),
+            bindings: Vec::new(),
+            created_at,
+            changed_at: created_at,
+            password_changed_at: created_at,
+            generation,
+            disabled: false,
+        }
+    }
+
     #[test]
     fn opens_only_its_own_unexpired_cookies_for_the_same_user() {
         let master = MasterKey::generate();
         let c = DeviceCookies::new(&master);
-        let v = c.issue("alice", 3, 1_000);
+        let alice = user("alice", 3, 10);
+        let v = c.issue(&alice, 1_000);
         assert!(!v.contains("alice"), "the user name is not readable");
-        let id = c.open(&v, "alice", 3, 1_000).unwrap();
+        let id = c.open(&v, &alice, 1_000).unwrap();
         assert_eq!(id.len(), 32);
-        assert_eq!(c.open(&v, "alice", 3, 1_000 + LIFETIME_SECS - 1), Some(id));
-        // Expired, another user's, of an earlier generation (the password changed since),
-        // replayed to another server, or under the master key itself.
-        assert_eq!(c.open(&v, "alice", 4, 1_000), None);
-        assert_eq!(c.open(&v, "alice", 3, 1_000 + LIFETIME_SECS), None);
-        assert_eq!(c.open(&v, "bob", 3, 1_000), None);
+        assert_eq!(c.open(&v, &alice, 1_000 + LIFETIME_SECS - 1), Some(id));
+        // Expired, another user's, of an earlier generation (the password changed since), of
+        // an earlier user of the same name, replayed to another server, or under the master
+        // key itself.
+        assert_eq!(c.open(&v, &alice, 1_000 + LIFETIME_SECS), None);
+        assert_eq!(c.open(&v, &user("bob", 3, 10), 1_000), None);
+        assert_eq!(c.open(&v, &user("alice", 4, 10), 1_000), None);
+        assert_eq!(c.open(&v, &user("alice", 3, 11), 1_000), None);
         let other = DeviceCookies::new(&MasterKey::generate());
-        assert_eq!(other.open(&v, "alice", 3, 1_000), None);
+        assert_eq!(other.open(&v, &alice, 1_000), None);
         assert!(
             master.open(AAD, &v).is_err(),
             "the derived key is not the master key"
         );
         // Two cookies for one user are told apart.
         assert_ne!(
-            c.open(&c.issue("alice", 3, 1_000), "alice", 3, 1_000),
-            c.open(&v, "alice", 3, 1_000)
+            c.open(&c.issue(&alice, 1_000), &alice, 1_000),
+            c.open(&v, &alice, 1_000)
         );
     }
 
     #[test]
     fn malformed_tampered_and_oversized_values_are_refused() {
         let c = DeviceCookies::new(&MasterKey::generate());
-        let v = c.issue("alice", 1, 0);
+        let alice = user("alice", 1, 0);
+        let v = c.issue(&alice, 0);
         // Every single-character change of the sealed part.
         let body = v.strip_prefix("v1.").unwrap();
         for i in 0..body.len() {
@@ -139,7 +162,7 @@ mod tests {
             b[i] = if b[i] == b'A' { b'B' } else { b'A' };
             let t = format!("v1.{}", String::from_utf8(b).unwrap());
             if t != v {
-                assert_eq!(c.open(&t, "alice", 1, 0), None, "changed at {i}");
+                assert_eq!(c.open(&t, &alice, 0), None, "changed at {i}");
             }
         }
         for bad in [
@@ -150,13 +173,11 @@ mod tests {
             "wg_session=x",
             &"A".repeat(MAX_LEN + 1),
         ] {
-            assert_eq!(c.open(bad, "alice", 1, 0), None, "{bad:.20}");
+            assert_eq!(c.open(bad, &alice, 0), None, "{bad:.20}");
         }
         // A sealed value that is not a cookie payload.
-        let master = MasterKey::generate();
-        let c2 = DeviceCookies::new(&master);
-        let not_json = c2.key.seal(AAD, b"not json");
-        assert_eq!(c2.open(&not_json, "alice", 1, 0), None);
+        let not_json = c.key.seal(AAD, b"not json");
+        assert_eq!(c.open(&not_json, &alice, 0), None);
         let header = DeviceCookies::header(&v).unwrap();
         let h = header.to_str().unwrap();
         for part in ["Path=/v1/auth", "Secure", "HttpOnly", "SameSite=Strict"] {

@@ -548,7 +548,9 @@ impl Authority {
             created_at: now,
             changed_at: now,
             password_changed_at: now,
-            generation: 1,
+            // A random start: a user made again under a deleted user's name does not take
+            // over what was bound to the old one's generation (device cookies).
+            generation: u64::from(rand::random::<u32>()),
             disabled: false,
         };
         let body = serde_json::to_vec(&rec).map_err(store_err)?;

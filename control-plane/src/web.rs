@@ -487,7 +487,7 @@ async fn device_cookie(s: &AppState, headers: &HeaderMap, name: &str, now: i64) 
     values.peek()?;
     let user: UserName = name.parse().ok()?;
     let (rec, _) = s.auth.user_entry(&user).await.ok()??;
-    values.find_map(|v| s.login.devices.open(&v, name, rec.generation, now))
+    values.find_map(|v| s.login.devices.open(&v, &rec, now))
 }
 
 /// What [`check_credentials`] found.
@@ -619,10 +619,7 @@ async fn login(
         session_cookie(session.id.expose(), session.expires_at - now),
     );
     // A new device cookie on every login (the old one stays valid until it expires).
-    let value = s
-        .login
-        .devices
-        .issue(user.name.as_str(), user.generation, now);
+    let value = s.login.devices.issue(&user, now);
     if let Some(v) = crate::device_cookie::DeviceCookies::header(&value) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }

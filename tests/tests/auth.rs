@@ -864,6 +864,18 @@ async fn a_browser_that_logged_in_before_gets_past_a_locked_account() {
         .unwrap();
     let r = login_with_cookie(&p, "alice", "a brand new passphrase", &newest).await;
     assert_eq!((r.status, &r.body), (wrong.status, &wrong.body));
+
+    // Nor does a new user made under a deleted user's name inherit the old one's cookies.
+    let bob_again = login_with_cookie(&p, "bob", PASSWORD, &bob_browser).await;
+    assert_eq!(bob_again.status, 200, "{bob_again:?}");
+    let bobs = device_cookie(&bob_again);
+    p.auth.delete_user(&name("bob"), "test").await.unwrap();
+    user(&p, "bob", vec![viewer_of("acme")]).await;
+    for _ in 0..2 {
+        login_raw(&p, "bob", "guess guess guess").await;
+    }
+    let r = login_with_cookie(&p, "bob", PASSWORD, &bobs).await;
+    assert_eq!((r.status, &r.body), (wrong.status, &wrong.body));
 }
 
 #[tokio::test]
