@@ -115,8 +115,11 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body) {
+// `background`: a request the page makes on its own (a refresh), which does not keep the
+// session from ending when nobody is using it.
+async function api(method, path, body, background) {
   const opts = { method, headers: { accept: 'application/json' }, credentials: 'same-origin' };
+  if (background) opts.headers['x-wegweiser-background'] = '1';
   if (body !== undefined) {
     opts.headers['content-type'] = 'application/json';
     opts.body = JSON.stringify(body);
@@ -221,7 +224,9 @@ function startLive() {
     if (es.readyState === EventSource.CLOSED && state.me) {
       state.liveRetry = setTimeout(async () => {
         try {
-          const r = await fetch('/v1/auth/me', { credentials: 'same-origin' });
+          const r = await fetch('/v1/auth/me', {
+            credentials: 'same-origin', headers: { 'x-wegweiser-background': '1' },
+          });
           if (r.status === 401) { showLogin('Your session ended; sign in again.'); return; }
         } catch (_) { /* unreachable: try the stream again */ }
         if (state.me) startLive();
@@ -334,7 +339,7 @@ async function renderOverview(main) {
         timer = null;
         if (!state.me || route().view !== 'overview') return;
         try {
-          const n = await api('GET', tpath('/summary'));
+          const n = await api('GET', tpath('/summary'), undefined, true);
           $('stat-online').textContent = n.online;
           $('stat-offline').textContent = n.offline;
           $('stat-devices').textContent = n.devices;
@@ -516,8 +521,9 @@ async function renderDevice(main, id) {
       svg,
       c.series.length > 1 ? h('div', { class: 'legend' }, c.series.map(([, name], i) => h('span', { class: 'k' + i, text: name }))) : null));
   }
-  const loadHistory = async () => {
-    history = await api('GET', tpath('/devices/' + encodeURIComponent(id) + '/history?kind=metrics&range=' + range));
+  const loadHistory = async (background) => {
+    history = await api('GET', tpath('/devices/' + encodeURIComponent(id) + '/history?kind=metrics&range=' + range),
+      undefined, background);
     drawAll();
     clear(events);
     if (!history.events.length) events.appendChild(h('li', { class: 'muted', text: 'No events in this range.' }));
@@ -538,7 +544,7 @@ async function renderDevice(main, id) {
   await loadHistory();
 
   // Disk and network come with the history: reload it every minute.
-  const refresh = setInterval(() => loadHistory().catch(() => {}), 60000);
+  const refresh = setInterval(() => loadHistory(true).catch(() => {}), 60000);
   return {
     onLeave: () => clearInterval(refresh),
     onResize: drawAll,

@@ -232,11 +232,14 @@ impl Authority {
     }
 
     /// The user of a live session and its current bindings; `None` for an unknown, expired or
-    /// revoked session. Touches the session's last use (at most every `session_refresh_secs`).
+    /// revoked session. With `touch`, counts as use: moves the session's last use (written back
+    /// at most every `session_refresh_secs`); requests a page makes on its own (refreshes, live
+    /// streams) do not, so an unattended dashboard still ends at the idle timeout.
     pub async fn session(
         &self,
         session_id: &str,
         now: i64,
+        touch: bool,
     ) -> Result<Option<Authenticated>, AuthorityError> {
         let cfg = self.auth_cfg();
         let key = session_key(session_id);
@@ -260,10 +263,10 @@ impl Authority {
             Err(UserError::Store(e)) => return Err(e),
             Err(e) => return Err(store_err(e)),
         };
-        if user.disabled || user.generation != rec.generation {
+        if user.disabled || user.generation != rec.generation || rec.created_at < user.created_at {
             return Ok(None);
         }
-        if now - rec.last_seen >= cfg.session_refresh_secs {
+        if touch && now - rec.last_seen >= cfg.session_refresh_secs {
             rec.last_seen = now;
             if let Ok(body) = serde_json::to_vec(&rec) {
                 // A concurrent refresh of the same session is as good as this one.
@@ -469,7 +472,8 @@ impl Authority {
             Err(UserError::Store(e)) => return Err(e),
             Err(e) => return Err(store_err(e)),
         };
-        if user.disabled {
+        // A token older than its owner belonged to an earlier user of the name.
+        if user.disabled || rec.created_at < user.created_at {
             return Ok(None);
         }
         let bindings = match &rec.bindings {

@@ -4,15 +4,19 @@
 //! - Passwords are at least [`MIN_PASSWORD_CHARS`] characters, hashed with argon2id at the cost
 //!   of [`AuthConfig`] (default m = 19 MiB, t = 2, p = 1), in a blocking thread, at most
 //!   [`AuthConfig::max_concurrent_hashes`] at a time (each hash holds its memory).
-//! - A password change, a disabling and a deletion bump the user's `generation`: every session
-//!   made under an older generation stops working at once (see [`crate::sessions`]).
+//! - A password change and a disabling bump the user's `generation`: every session and device
+//!   cookie made under an older generation stops working at once (see [`crate::sessions`]). A
+//!   deletion removes the record; a user made again under the name starts at a random
+//!   generation, and sessions and API tokens older than the user are refused.
 //! - The first `wegweiser serve` creates the platform operator `admin` (global Admin) when no
 //!   user exists ([`Authority::bootstrap_admin`]); its password comes from
 //!   [`ENV_ADMIN_PASSWORD`] or is generated and written once to [`INITIAL_PASSWORD_FILE`]
 //!   (owner-only) in the data directory. It is never logged.
 //! - The last enabled global Admin can be neither deleted, disabled nor stripped of that binding.
 //!   Such changes to a user who is one run one at a time, under a lease in the users bucket,
-//!   so two Admins taking each other away at the same moment cannot both pass the check.
+//!   so two Admins taking each other away at the same moment cannot both pass the check. A
+//!   holder that stalls past the lease (10 s) and is taken over gives way when it resumes,
+//!   unless the stall falls between its last look at the lease and its write.
 //!
 //! Every function here is what the CLI calls and what the API handlers call.
 
@@ -211,7 +215,7 @@ pub struct UserRecord {
     pub changed_at: i64,
     /// Last password change, Unix seconds.
     pub password_changed_at: i64,
-    /// Bumped by every password change, disabling or deletion; sessions of older generations
+    /// Bumped by every password change and disabling (random at creation); sessions of older generations
     /// are void.
     pub generation: u64,
     /// A disabled user cannot log in; its sessions and API tokens stop working.
@@ -455,8 +459,9 @@ pub struct Bootstrap {
 /// The key of the lease that serializes changes which may take a global Admin away (a user
 /// name is one NATS token, so a key with a dot is never a user's).
 const ADMIN_GUARD_KEY: &str = "guard.admins";
-/// How long a holder may keep that lease before another takes it over (its holder died).
-const ADMIN_GUARD_LEASE_SECS: i64 = 10;
+/// How long a lease may stay unchanged before another change takes it over (its holder died or
+/// stalls), measured on the waiting process's own monotonic clock.
+const ADMIN_GUARD_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a change waits for the lease before answering [`UserError::Busy`].
 const ADMIN_GUARD_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -651,6 +656,11 @@ impl Authority {
                 let lease = self.acquire_admin_guard().await?;
                 let out = async {
                     self.keep_an_admin(name, &after).await?;
+                    // Taken over while this stalled: another change may have passed its check
+                    // counting on this user; give way and let the caller try again.
+                    if !self.holds_admin_guard(lease).await? {
+                        return Err(UserError::Busy);
+                    }
                     match change.as_mut() {
                         Some(f) => self.update_user(name, f).await.map(Some),
                         None => {
@@ -687,23 +697,29 @@ impl Authority {
         }
     }
 
-    /// Takes the lease on Admin-removing changes, waiting up to [`ADMIN_GUARD_WAIT`]; a lease
-    /// older than [`ADMIN_GUARD_LEASE_SECS`] (its holder died) is taken over. Returns the
-    /// lease's revision, for [`Authority::release_admin_guard`].
+    /// Takes the lease on Admin-removing changes, waiting up to [`ADMIN_GUARD_WAIT`]. A lease
+    /// seen unchanged for [`ADMIN_GUARD_LEASE`] of this process's own (monotonic) time is
+    /// taken over: its holder died or stalls. No wall clocks are compared, so hosts whose
+    /// clocks disagree still take turns. Returns the lease's revision.
     async fn acquire_admin_guard(&self) -> Result<u64, UserError> {
         let users = &self.inner.authn.users;
-        let deadline = tokio::time::Instant::now() + ADMIN_GUARD_WAIT;
+        let started = tokio::time::Instant::now();
+        let mut seen: Option<(u64, tokio::time::Instant)> = None;
         loop {
-            let now = time::now();
-            let lease = serde_json::json!({"until": now + ADMIN_GUARD_LEASE_SECS}).to_string();
+            let holder = serde_json::json!({"pid": std::process::id(), "at": time::now()});
+            let lease = holder.to_string();
             let current = users.entry(ADMIN_GUARD_KEY).await.map_err(store_err)?;
             let taken = match current {
                 Some(e) if e.operation == kv::Operation::Put => {
-                    let until = serde_json::from_slice::<serde_json::Value>(&e.value)
-                        .ok()
-                        .and_then(|v| v["until"].as_i64())
-                        .unwrap_or(0);
-                    if until < now {
+                    let since = match seen {
+                        Some((rev, since)) if rev == e.revision => since,
+                        _ => {
+                            let now = tokio::time::Instant::now();
+                            seen = Some((e.revision, now));
+                            now
+                        }
+                    };
+                    if since.elapsed() >= ADMIN_GUARD_LEASE {
                         users
                             .update(ADMIN_GUARD_KEY, lease.into(), e.revision)
                             .await
@@ -717,12 +733,24 @@ impl Authority {
             if let Some(rev) = taken {
                 return Ok(rev);
             }
-            if tokio::time::Instant::now() > deadline {
+            if started.elapsed() > ADMIN_GUARD_WAIT {
                 return Err(UserError::Busy);
             }
             let pause = 10 + rand::random::<u64>() % 40;
             tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
         }
+    }
+
+    /// Whether the lease of `revision` is still this change's (not taken over meanwhile).
+    async fn holds_admin_guard(&self, revision: u64) -> Result<bool, UserError> {
+        let e = self
+            .inner
+            .authn
+            .users
+            .entry(ADMIN_GUARD_KEY)
+            .await
+            .map_err(store_err)?;
+        Ok(e.is_some_and(|e| e.operation == kv::Operation::Put && e.revision == revision))
     }
 
     /// Gives the lease back (if it is still ours; otherwise it lapses on its own).

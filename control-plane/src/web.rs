@@ -217,6 +217,17 @@ fn clear_cookie() -> HeaderValue {
     session_cookie("", 0)
 }
 
+/// The header a page sets on requests it makes on its own (refreshes, polls): they do not
+/// count as use of the session.
+pub const BACKGROUND_HEADER: &str = "x-wegweiser-background";
+
+/// Whether a request is one the page made on its own: marked with [`BACKGROUND_HEADER`], or a
+/// live stream (`GET …/live`, which the browser reopens by itself).
+fn is_background(req: &axum::extract::Request) -> bool {
+    req.headers().contains_key(BACKGROUND_HEADER)
+        || (req.method() == Method::GET && req.uri().path().ends_with("/live"))
+}
+
 /// Whether `method path` needs authentication: all of `/v1` but enrollment and login.
 pub fn is_protected(method: &Method, path: &str) -> bool {
     let v1 = path == "/v1" || path.starts_with("/v1/");
@@ -260,7 +271,7 @@ pub async fn require_principal(
         };
         s.auth.api_token(token, now).await
     } else if let Some(sid) = cookie(headers, SESSION_COOKIE) {
-        s.auth.session(&sid, now).await
+        s.auth.session(&sid, now, !is_background(&req)).await
     } else {
         return refuse(
             m,
@@ -478,12 +489,10 @@ async fn failed(
 }
 
 /// The id of a valid device cookie for user `name` in `headers`, if any (see
-/// [`crate::device_cookie`]). Every value is tried: a junk cookie of the same name planted
-/// beside the real one does not hide it. At most a handful are looked at.
+/// [`crate::device_cookie`]). Every value is tried: junk cookies of the same name planted
+/// beside the real one do not hide it (the request's header size limit bounds their number).
 async fn device_cookie(s: &AppState, headers: &HeaderMap, name: &str, now: i64) -> Option<String> {
-    let mut values = cookies(headers, crate::device_cookie::COOKIE)
-        .take(8)
-        .peekable();
+    let mut values = cookies(headers, crate::device_cookie::COOKIE).peekable();
     values.peek()?;
     let user: UserName = name.parse().ok()?;
     let (rec, _) = s.auth.user_entry(&user).await.ok()??;

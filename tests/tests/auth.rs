@@ -85,6 +85,23 @@ async fn login_raw(p: &Platform, user: &str, password: &str) -> HttpResponse {
         .unwrap()
 }
 
+/// An API token of alice with all her bindings, for an hour.
+async fn alice_token(p: &Platform) -> SecretString {
+    p.auth
+        .create_api_token(
+            NewApiToken {
+                owner: name("alice"),
+                label: String::new(),
+                bindings: None,
+                ttl_secs: 3600,
+            },
+            "test",
+        )
+        .await
+        .unwrap()
+        .0
+}
+
 /// A logged-in session: the cookie header value and the CSRF token.
 struct Session {
     cookie: String,
@@ -237,19 +254,7 @@ async fn cookie_requests_that_change_state_need_the_csrf_token() {
     let r = post(&p, "/v1/no-such-route", &s, Some(&s.csrf), "{}").await;
     assert_eq!((r.status, r.code()), (404, "not_found"), "{r:?}");
     // Bearer tokens are exempt.
-    let (token, _) = p
-        .auth
-        .create_api_token(
-            NewApiToken {
-                owner: name("alice"),
-                label: String::new(),
-                bindings: None,
-                ttl_secs: 3600,
-            },
-            "test",
-        )
-        .await
-        .unwrap();
+    let token = alice_token(&p).await;
     let r = bearer(&p, "POST", "/v1/no-such-route", token.expose()).await;
     assert_eq!((r.status, r.code()), (404, "not_found"), "{r:?}");
     // Logout with the token: ends the session, clears the cookie.
@@ -336,6 +341,41 @@ async fn sessions_end_when_idle_and_after_the_absolute_timeout() {
         get(&p, "/v1/auth/me", &busy).await;
     }
     let r = get(&p, "/v1/auth/me", &busy).await;
+    assert_eq!((r.status, r.code()), (401, "unauthenticated"), "{r:?}");
+}
+
+#[tokio::test]
+async fn requests_a_page_makes_on_its_own_do_not_keep_a_session_alive() {
+    let (p, _tasks) = setup(AuthConfig {
+        session_idle_secs: 3,
+        session_refresh_secs: 0,
+        ..cfg()
+    })
+    .await;
+    user(&p, "alice", vec![viewer_of("acme")]).await;
+    let s = login(&p, "alice", PASSWORD).await;
+    let background = |path: &'static str| {
+        let cookie = s.cookie.clone();
+        let p = &p;
+        async move {
+            p.request(
+                "GET",
+                path,
+                &[("cookie", &cookie), ("x-wegweiser-background", "1")],
+                None,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // A dashboard left open refreshes itself: answered, but not counted as use ...
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(background("/v1/auth/me").await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // ... so the session ends at the idle timeout after the last real use (the login).
+    let r = get(&p, "/v1/auth/me", &s).await;
     assert_eq!((r.status, r.code()), (401, "unauthenticated"), "{r:?}");
 }
 
@@ -591,19 +631,7 @@ async fn an_unreachable_session_store_is_503() {
     let (mut p, _tasks) = setup(cfg()).await;
     user(&p, "alice", vec![viewer_of("acme")]).await;
     let s = login(&p, "alice", PASSWORD).await;
-    let (token, _) = p
-        .auth
-        .create_api_token(
-            NewApiToken {
-                owner: name("alice"),
-                label: String::new(),
-                bindings: None,
-                ttl_secs: 3600,
-            },
-            "test",
-        )
-        .await
-        .unwrap();
+    let token = alice_token(&p).await;
     p.stop_server().await;
     let mut r = get(&p, "/v1/auth/me", &s).await;
     for _ in 0..100 {
@@ -894,4 +922,34 @@ async fn failures_through_a_device_cookie_do_not_count_against_the_account() {
             .await
             .contains("wegweiser_account_locks_total 0")
     );
+}
+
+#[tokio::test]
+async fn a_user_made_again_under_an_old_name_inherits_no_session_or_token() {
+    let (p, _tasks) = setup(cfg()).await;
+    user(&p, "alice", vec![viewer_of("acme")]).await;
+    let s = login(&p, "alice", PASSWORD).await;
+    let token = alice_token(&p).await;
+    assert_eq!(
+        bearer(&p, "GET", "/v1/auth/me", token.expose())
+            .await
+            .status,
+        200
+    );
+    // The record goes, but (as after a failed clean-up) its session and token stay stored.
+    let kv = async_nats::jetstream::new(p.auth.cp_client().clone())
+        .get_key_value(wegweiser_cp::users::USERS_BUCKET)
+        .await
+        .unwrap();
+    kv.purge("alice").await.unwrap();
+    // A second later, a new alice with other rights.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    user(&p, "alice", vec![viewer_of("other")]).await;
+    let r = bearer(&p, "GET", "/v1/auth/me", token.expose()).await;
+    assert_eq!((r.status, r.code()), (401, "unauthenticated"), "{r:?}");
+    let r = get(&p, "/v1/auth/me", &s).await;
+    assert_eq!((r.status, r.code()), (401, "unauthenticated"), "{r:?}");
+    // The new alice herself is fine.
+    let fresh = login(&p, "alice", PASSWORD).await;
+    assert_eq!(get(&p, "/v1/auth/me", &fresh).await.status, 200);
 }
