@@ -391,8 +391,8 @@ async function renderDevices(main) {
       h('div', { class: 'pager' }, count, prev, next)));
 
   let current = null;
-  const load = async () => {
-    const page = await api('GET', tpath('/devices?' + listQuery()));
+  const load = async (background) => {
+    const page = await api('GET', tpath('/devices?' + listQuery()), undefined, background);
     current = page;
     clear(body);
     if (!page.items.length) {
@@ -435,7 +435,7 @@ async function renderDevices(main) {
       const row = body.querySelector('tr[data-device="' + CSS.escape(d.device) + '"]');
       if (row) row.replaceWith(deviceRow(d));
     },
-    onResync: () => load().catch(showListError),
+    onResync: () => load(true).catch(showListError),
   };
 }
 

@@ -4,13 +4,14 @@
 //! The per-account lock stops password guessing spread over many addresses, but anybody who
 //! knows a user name can keep that account locked. A successful login therefore also sets
 //! [`COOKIE`], sealed (XChaCha20-Poly1305, see [`crate::seal`]) under a key derived from the
-//! master key, naming the user, the user's generation, a random id and its expiry. A login that
-//! presents a valid device cookie for the same user is not subject to the account's lock and
-//! rate limit; instead its failures count against that cookie, which is locked on its own after
-//! the same number of failures (and then counts as absent). The per-address limits apply
-//! either way. Every successful login sets a new cookie; earlier ones stay valid until they
-//! expire or the user's generation moves on (a password change, a disabling, a deletion), which
-//! ends them all. Nothing is stored per cookie but its failures.
+//! master key, naming the user (its name, random id and generation), a random cookie id and its
+//! expiry. A login that presents a valid device cookie for the same user is not subject to the
+//! account's lock and rate limit; instead its failures count against that cookie, which is
+//! locked on its own after the same number of failures (and then counts as absent). The
+//! per-address limits apply either way. Every successful login sets a new cookie; earlier ones stay valid until they
+//! expire, the user's generation moves on (a password change, a disabling) or the user is
+//! deleted (a user made again under the name has another id). Nothing is stored per cookie but
+//! its failures.
 
 use crate::{seal::MasterKey, users::UserRecord};
 use axum::http::HeaderValue;
@@ -36,9 +37,8 @@ struct Payload {
     u: String,
     /// The user's generation when it was issued.
     g: u64,
-    /// The user's creation time: a user deleted and made again under the same name starts
-    /// at the same generation, but not at the same time.
-    c: i64,
+    /// The user's random id: a user made again under a deleted user's name is another.
+    c: u64,
     /// The cookie's random id (hex), the unit its failures are counted under.
     n: String,
     /// Expiry, unix seconds.
@@ -71,7 +71,7 @@ impl DeviceCookies {
         let p = Payload {
             u: user.name.to_string(),
             g: user.generation,
-            c: user.created_at,
+            c: user.uid,
             n: wegweiser_shared::enroll::hex(&id),
             e: now.saturating_add(LIFETIME_SECS),
         };
@@ -81,7 +81,7 @@ impl DeviceCookies {
     }
 
     /// The cookie's id when `value` is a cookie this server issued for `user` as it is now
-    /// (same name, generation and creation) that has not expired at `now`; `None` for anything
+    /// (same name, id and generation) that has not expired at `now`; `None` for anything
     /// else (malformed, oversized, altered, sealed under another key, another user's, of an
     /// earlier generation or an earlier user of the name, expired).
     pub fn open(&self, value: &str, user: &UserRecord, now: i64) -> Option<String> {
@@ -90,7 +90,7 @@ impl DeviceCookies {
         }
         let plain = self.key.open(AAD, value).ok()?;
         let p: Payload = serde_json::from_slice(&plain).ok()?;
-        (p.u == user.name.as_str() && p.g == user.generation && p.c == user.created_at && now < p.e)
+        (p.u == user.name.as_str() && p.g == user.generation && p.c == user.uid && now < p.e)
             .then_some(p.n)
     }
 
@@ -107,16 +107,17 @@ impl DeviceCookies {
 mod tests {
     use super::*;
 
-    fn user(name: &str, generation: u64, created_at: i64) -> UserRecord {
+    fn user(name: &str, generation: u64, uid: u64) -> UserRecord {
         UserRecord {
             name: name.parse().unwrap(),
             password_hash: String::new(),
             bindings: Vec::new(),
-            created_at,
-            changed_at: created_at,
-            password_changed_at: created_at,
+            created_at: 0,
+            changed_at: 0,
+            password_changed_at: 0,
             generation,
             disabled: false,
+            uid,
         }
     }
 

@@ -116,6 +116,9 @@ pub struct ApiTokenRecord {
     pub created_at: i64,
     /// Expiry, Unix seconds.
     pub expires_at: i64,
+    /// The owner's [`crate::users::UserRecord::uid`]: a later user of the same name is another.
+    #[serde(default)]
+    pub owner_uid: u64,
 }
 
 /// A new API token.
@@ -263,7 +266,7 @@ impl Authority {
             Err(UserError::Store(e)) => return Err(e),
             Err(e) => return Err(store_err(e)),
         };
-        if user.disabled || user.generation != rec.generation || rec.created_at < user.created_at {
+        if user.disabled || user.generation != rec.generation {
             return Ok(None);
         }
         if touch && now - rec.last_seen >= cfg.session_refresh_secs {
@@ -360,6 +363,7 @@ impl Authority {
             bindings: new.bindings,
             created_at: now,
             expires_at: now + new.ttl_secs,
+            owner_uid: user.uid,
         };
         self.inner
             .authn
@@ -472,8 +476,8 @@ impl Authority {
             Err(UserError::Store(e)) => return Err(e),
             Err(e) => return Err(store_err(e)),
         };
-        // A token older than its owner belonged to an earlier user of the name.
-        if user.disabled || rec.created_at < user.created_at {
+        // A token of an earlier user of the name does not act for this one.
+        if user.disabled || rec.owner_uid != user.uid {
             return Ok(None);
         }
         let bindings = match &rec.bindings {

@@ -221,6 +221,10 @@ pub struct UserRecord {
     /// A disabled user cannot log in; its sessions and API tokens stop working.
     #[serde(default)]
     pub disabled: bool,
+    /// Random at creation, never changed: tells this user from an earlier one of the same name
+    /// (API tokens and device cookies carry it). 0 for users made before it existed.
+    #[serde(default)]
+    pub uid: u64,
 }
 
 impl std::fmt::Debug for UserRecord {
@@ -462,8 +466,30 @@ const ADMIN_GUARD_KEY: &str = "guard.admins";
 /// How long a lease may stay unchanged before another change takes it over (its holder died or
 /// stalls), measured on the waiting process's own monotonic clock.
 const ADMIN_GUARD_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long a change waits for the lease before answering [`UserError::Busy`].
-const ADMIN_GUARD_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a change waits for the lease before answering [`UserError::Busy`]: longer than
+/// [`ADMIN_GUARD_LEASE`] (so a dead holder's lease is taken over), shorter than the API's 15 s
+/// request timeout (so the caller hears `busy`, not `timeout`).
+const ADMIN_GUARD_WAIT: std::time::Duration = std::time::Duration::from_secs(12);
+
+/// Gives the Admin lease back when dropped (if it is still ours; otherwise it lapses on its
+/// own), from a task of its own so a cancelled request gives it back too.
+struct LeaseRelease {
+    users: kv::Store,
+    revision: u64,
+}
+
+impl Drop for LeaseRelease {
+    fn drop(&mut self) {
+        let (users, revision) = (self.users.clone(), self.revision);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = users
+                    .delete_expect_revision(ADMIN_GUARD_KEY, Some(revision))
+                    .await;
+            });
+        }
+    }
+}
 
 fn decode(name: &UserName, bytes: &[u8]) -> Result<UserRecord, UserError> {
     serde_json::from_slice(bytes)
@@ -554,9 +580,10 @@ impl Authority {
             changed_at: now,
             password_changed_at: now,
             // A random start: a user made again under a deleted user's name does not take
-            // over what was bound to the old one's generation (device cookies).
+            // over the old one's sessions.
             generation: u64::from(rand::random::<u32>()),
             disabled: false,
+            uid: rand::random::<u64>().max(1),
         };
         let body = serde_json::to_vec(&rec).map_err(store_err)?;
         match self
@@ -654,6 +681,11 @@ impl Authority {
                 .ok_or_else(|| UserError::NotFound(name.clone()))?;
             if is_global_admin(&rec) {
                 let lease = self.acquire_admin_guard().await?;
+                // Given back however this ends, a cancelled request included.
+                let _release = LeaseRelease {
+                    users: users.clone(),
+                    revision: lease,
+                };
                 let out = async {
                     self.keep_an_admin(name, &after).await?;
                     // Taken over while this stalled: another change may have passed its check
@@ -670,7 +702,6 @@ impl Authority {
                     }
                 }
                 .await;
-                self.release_admin_guard(lease).await;
                 return out;
             }
             let written = match change.as_mut() {
@@ -751,16 +782,6 @@ impl Authority {
             .await
             .map_err(store_err)?;
         Ok(e.is_some_and(|e| e.operation == kv::Operation::Put && e.revision == revision))
-    }
-
-    /// Gives the lease back (if it is still ours; otherwise it lapses on its own).
-    async fn release_admin_guard(&self, revision: u64) {
-        let _ = self
-            .inner
-            .authn
-            .users
-            .delete_expect_revision(ADMIN_GUARD_KEY, Some(revision))
-            .await;
     }
 
     /// Sets a new password; every session of the user ends.
@@ -1104,6 +1125,7 @@ mod tests {
             password_changed_at: 0,
             generation: 1,
             disabled: false,
+            uid: 1,
         };
         assert!(!format!("{rec:?}").contains(&phc));
     }
