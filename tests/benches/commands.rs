@@ -152,7 +152,7 @@ async fn over_nats(quick: bool) {
 
     // 2. Round trip to one simulated device.
     let d = SimDevice::enroll(&p, &t.id, "rt").await.unwrap();
-    let _serving = tokio::spawn(d.clone().serve());
+    let _serving = d.spawn_serve(&p).await.unwrap();
     let rounds = if quick { 300 } else { 2_000 };
     let mut rtt = Vec::with_capacity(rounds);
     let mut call = Vec::with_capacity(rounds);

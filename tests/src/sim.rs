@@ -149,6 +149,19 @@ impl SimDevice {
         command::verify(bytes, &trust, &expect, now())
     }
 
+    /// Runs [`SimDevice::serve`] in a task and returns once nats-server has registered its
+    /// subscriptions, so a command sent right after reaches it.
+    pub async fn spawn_serve(
+        &self,
+        p: &crate::Platform,
+    ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+        let task = tokio::spawn(self.clone().serve());
+        let trust = subject::down(&self.account, &self.id, &[Token::from_static(TRUST_TOKEN)]);
+        p.wait_subscribed(&self.account, &[self.command_subject(), trust])
+            .await?;
+        Ok(task)
+    }
+
     /// Serves commands until the task is aborted: verifies each (fetching trust once when the
     /// key is unknown), answers verified ones with an `ok` result, and keeps every trust push.
     pub async fn serve(self) -> anyhow::Result<()> {
@@ -194,10 +207,12 @@ impl SimDevice {
                                 error: None,
                                 duration_us: 1,
                             };
-                            self.send_result(&result).await?;
+                            // Logged before the result leaves: whoever sees the result may
+                            // look at the log at once.
                             if let Ok(mut l) = self.log.lock() {
                                 l.executed.push(v.id().to_owned());
                             }
+                            self.send_result(&result).await?;
                         }
                         Err(r) => {
                             if let Ok(mut l) = self.log.lock() {

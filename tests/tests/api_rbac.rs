@@ -57,7 +57,7 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
     let dev = SimDevice::enroll_in(&p, &acme, "o1", "g1", "m1")
         .await
         .unwrap();
-    let _serving = tokio::spawn(dev.clone().serve());
+    let _serving = dev.spawn_serve(&p).await.unwrap();
     let foreign = SimDevice::enroll_in(&p, &other, "o1", "g1", "m2")
         .await
         .unwrap();
@@ -730,7 +730,7 @@ async fn every_role_at_every_scope_gets_exactly_what_it_may() {
     let second = SimDevice::enroll_in(&p, &acme, "o1", "g1", "m3")
         .await
         .unwrap();
-    let _second_serving = tokio::spawn(second.clone().serve());
+    let _second_serving = second.spawn_serve(&p).await.unwrap();
     for _ in 0..100 {
         if call(
             &p,

@@ -44,8 +44,8 @@ async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
-fn serve(d: &SimDevice) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    tokio::spawn(d.clone().serve())
+async fn serve(p: &Platform, d: &SimDevice) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    d.spawn_serve(p).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +55,7 @@ async fn commands_reach_devices_signed_for_each_and_results_come_back() {
     let _tasks = p.serve().await.unwrap();
     let d1 = SimDevice::enroll(&p, &t.id, "m1").await.unwrap();
     let d2 = SimDevice::enroll(&p, &t.id, "m2").await.unwrap();
-    let (_s1, _s2) = (serve(&d1), serve(&d2));
+    let (_s1, _s2) = (serve(&p, &d1).await, serve(&p, &d2).await);
 
     let r = p
         .auth
@@ -150,7 +150,7 @@ async fn command_key_rotation_under_load_fails_no_command() {
     // A device that misses every push: it must fetch the keyset when it meets the new key.
     let mut d2 = SimDevice::enroll(&p, &t.id, "m2").await.unwrap();
     d2.ignore_pushes = true;
-    let (_s1, _s2) = (serve(&d1), serve(&d2));
+    let (_s1, _s2) = (serve(&p, &d1).await, serve(&p, &d2).await);
     let (before, _) = p.auth.trust_record().await.unwrap();
     let old = before.signing.clone();
 
@@ -254,7 +254,7 @@ async fn a_revoked_command_key_is_replaced_at_once() {
     let t = p.tenant("acme").await.unwrap();
     let _tasks = p.serve().await.unwrap();
     let d = SimDevice::enroll(&p, &t.id, "m1").await.unwrap();
-    let _s = serve(&d);
+    let _s = serve(&p, &d).await;
     let (before, _) = p.auth.trust_record().await.unwrap();
     let rec = p
         .auth
@@ -317,7 +317,7 @@ async fn an_offline_device_walks_two_root_rotations() {
         assert_eq!(s.root_version(), 3);
         assert_eq!(s.keyset_version(), rec.keyset.version);
     }
-    let _s = serve(&d);
+    let _s = serve(&p, &d).await;
     let r = p
         .auth
         .send_command(ping(&t.id, Target::Device(d.id.clone())))

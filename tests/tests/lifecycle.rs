@@ -61,6 +61,9 @@ async fn revoked_device_is_dropped_at_once_and_cannot_come_back() {
     // A control-plane responder proves the bystander still works afterwards.
     let cp = p.auth.cp_client().clone();
     let mut echo = cp.subscribe("wg.*.up.*.echo").await.unwrap();
+    p.wait_subscribed(p.auth.cp_account(), &["wg.*.up.*.echo".to_owned()])
+        .await
+        .unwrap();
     tokio::spawn(async move {
         use futures::StreamExt;
         while let Some(m) = echo.next().await {
