@@ -6,8 +6,9 @@
 //!   [`AuthConfig::max_concurrent_hashes`] at a time (each hash holds its memory).
 //! - A password change and a disabling bump the user's `generation`: every session and device
 //!   cookie made under an older generation stops working at once (see [`crate::sessions`]). A
-//!   deletion removes the record; a user made again under the name starts at a random
-//!   generation, and sessions and API tokens older than the user are refused.
+//!   deletion removes the record; a user made again under the name has another random `uid`
+//!   (which API tokens and device cookies carry) and starts at a random generation (which
+//!   sessions carry), so nothing of the old user works for the new one.
 //! - The first `wegweiser serve` creates the platform operator `admin` (global Admin) when no
 //!   user exists ([`Authority::bootstrap_admin`]); its password comes from
 //!   [`ENV_ADMIN_PASSWORD`] or is generated and written once to [`INITIAL_PASSWORD_FILE`]
@@ -215,8 +216,8 @@ pub struct UserRecord {
     pub changed_at: i64,
     /// Last password change, Unix seconds.
     pub password_changed_at: i64,
-    /// Bumped by every password change and disabling (random at creation); sessions of older generations
-    /// are void.
+    /// Bumped by every password change and disabling (random at creation); sessions and device
+    /// cookies of older generations are void.
     pub generation: u64,
     /// A disabled user cannot log in; its sessions and API tokens stop working.
     #[serde(default)]
